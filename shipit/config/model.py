@@ -1,0 +1,197 @@
+"""The typed shape of shipit.yaml.
+
+`Config` is what the loader validates a file into. `Config.stage(name)` resolves one stage:
+stage-level values override top-level ones, and every host is a `HostSpec` with its roles and
+merged vars. The rest of shipit only ever sees resolved `StageConfig` objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PHASES = ("pre_deploy", "drain_jobs", "release", "restart_jobs", "rollback")
+HOOK_POINTS = tuple(f"{when}_{phase}" for phase in PHASES for when in ("before", "after"))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(Strict):
+    """Where the code comes from: a git repository (URL or path) or a plain local directory."""
+
+    repo: str | None = None
+    branch: str = "main"
+    revision: str | None = None
+    dir: str | None = None
+    exclude: list[str] = Field(default_factory=lambda: [".git", "__pycache__", "*.pyc"])
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SourceConfig:
+        if bool(self.repo) == bool(self.dir):
+            raise ValueError("give exactly one of source.repo or source.dir")
+        return self
+
+
+class SSHConfig(Strict):
+    user: str | None = None
+    port: int | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    jump_host: str | None = None
+    connect_timeout: float = 10.0
+    # Unknown or changed host keys are refused unless this is explicitly turned off.
+    strict_host_key_checking: bool = True
+    config_file: str | None = None
+
+
+class HookSpec(Strict):
+    """One hook step: exactly one of run (on hosts), local (on this machine), task (Invoke)."""
+
+    run: str | None = None
+    local: str | None = None
+    task: str | None = None
+    roles: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HookSpec:
+        kinds = [k for k in ("run", "local", "task") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ValueError("a hook needs exactly one of run, local or task")
+        return self
+
+
+class JobDefinition(Strict):
+    """A job shipit knows by name (optional: any `shipit job run` is tracked anyway)."""
+
+    command: str | None = None
+    after: list[str] = Field(default_factory=list)
+    # For jobs started by systemd or a queue: how to start the job again after a deploy.
+    restart_command: str | None = None
+    max_restarts: int | None = None
+    grace: float | None = None
+
+
+class JobsConfig(Strict):
+    store: Literal["file", "sqlite", "postgres"] = "sqlite"
+    # Store location on each host for file/sqlite; default {deploy_to}/shared/shipit
+    path: str | None = None
+    dsn_env: str = "SHIPIT_DSN"
+    drain_timeout: float = 300.0
+    drain_policy: Literal["wait", "abort", "terminate"] = "terminate"
+    grace: float = 10.0
+    lease_ttl: float = 60.0
+    max_wait: float = 3600.0
+    max_restarts: int = 5
+    heartbeat: float = 2.0
+    env_allow: list[str] = Field(default_factory=list)
+    definitions: dict[str, JobDefinition] = Field(default_factory=dict)
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _ttl_positive(cls, v: float) -> float:
+        if v < 3:
+            raise ValueError("lease_ttl must be at least 3 seconds")
+        return v
+
+
+class HostEntry(Strict):
+    """A host written as a mapping in YAML (the short form is 'user@host:port' or 'local')."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+    roles: list[str] = Field(default_factory=list)
+    vars: dict[str, Any] = Field(default_factory=dict)
+
+
+class StageEntry(Strict):
+    hosts: list[str | HostEntry]
+    roles: dict[str, list[str]] = Field(default_factory=dict)
+    deploy_to: str | None = None
+    branch: str | None = None
+    keep_releases: int | None = None
+    parallelism: int | None = None
+    vars: dict[str, Any] = Field(default_factory=dict)
+    hooks: dict[str, list[HookSpec]] = Field(default_factory=dict)
+    ssh: SSHConfig | None = None
+    jobs: JobsConfig | None = None
+
+    @field_validator("hosts")
+    @classmethod
+    def _non_empty(cls, v: list[Any]) -> list[Any]:
+        if not v:
+            raise ValueError("a stage needs at least one host")
+        return v
+
+
+class HostSpec(Strict):
+    """A resolved host. `name` is how output refers to it (user@host:port or 'local')."""
+
+    name: str
+    hostname: str
+    user: str | None = None
+    port: int | None = None
+    local: bool = False
+    roles: tuple[str, ...] = ()
+    vars: dict[str, Any] = Field(default_factory=dict)
+
+
+class StageConfig(Strict):
+    """Everything one deploy of one stage needs, resolved."""
+
+    name: str
+    application: str
+    source: SourceConfig
+    deploy_to: str
+    keep_releases: int
+    linked_files: tuple[str, ...]
+    linked_dirs: tuple[str, ...]
+    parallelism: int
+    hosts: tuple[HostSpec, ...]
+    vars: dict[str, Any]
+    hooks: dict[str, tuple[HookSpec, ...]]
+    ssh: SSHConfig
+    jobs: JobsConfig
+    # How hosts run shipit itself (the job supervisor and host agent).
+    shipit_command: str
+    secrets: tuple[str, ...] = ()
+    config_path: str = "shipit.yaml"
+
+    @property
+    def store_dir(self) -> str:
+        return self.jobs.path or f"{self.deploy_to}/shared/shipit"
+
+
+class Config(Strict):
+    application: str
+    source: SourceConfig
+    deploy_to: str
+    keep_releases: int = Field(default=5, ge=1)
+    linked_files: list[str] = Field(default_factory=list)
+    linked_dirs: list[str] = Field(default_factory=list)
+    parallelism: int = Field(default=10, ge=1)
+    ssh: SSHConfig = Field(default_factory=SSHConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
+    hooks: dict[str, list[HookSpec]] = Field(default_factory=dict)
+    vars: dict[str, Any] = Field(default_factory=dict)
+    # Names of vars whose values are secrets: masked in `shipit config`, logs and events.
+    secrets: list[str] = Field(default_factory=list)
+    shipit_command: str = "shipit"
+    stages: dict[str, StageEntry]
+    config_path: str = "shipit.yaml"
+
+    @field_validator("hooks")
+    @classmethod
+    def _hook_points(cls, v: dict[str, list[HookSpec]]) -> dict[str, list[HookSpec]]:
+        for key in v:
+            if key not in HOOK_POINTS:
+                raise ValueError(f"unknown hook point {key!r}")
+        return v
+
+    def stage(self, name: str) -> StageConfig:
+        from shipit.config.resolve import resolve_stage
+
+        return resolve_stage(self, name)

@@ -1,0 +1,1 @@
+"""The gate (a lease) and the job store: one interface, three backends."""

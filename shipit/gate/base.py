@@ -1,0 +1,227 @@
+"""The job store interface shared by the file, SQLite and PostgreSQL backends.
+
+The store holds the gate (a lease), runs, restart claims and an audit trail. Both sides use it:
+the job side (`shipit job run`, the Python API) claims runs, heartbeats, checkpoints and
+finishes; the deploy side closes the gate, lists and stops runs, and claims restarts.
+
+Protocol (see docs/ARCHITECTURE.md and ../shared/DESIGN.md "The gate"):
+- `claim()` checks the gate and inserts the run in ONE atomic step.
+- `close_gate()` flips the gate (epoch+1) and then passes a barrier, so that every claim that
+  saw the gate open has committed its run row before `close_gate()` returns. A `list_runs()`
+  after `close_gate()` is therefore complete.
+- A lease whose `expires_at` has passed counts as open. Only the holder's epoch may renew,
+  reopen, request stops or claim restarts (FencingError otherwise); `force=True` overrides and
+  is written to the audit trail.
+- Times are seconds since the epoch (float). PostgreSQL uses the server's clock.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# Run states. A run moves waiting -> running -> finished | failed | stop_requested, and a stopped
+# run ends checkpointed | interrupted. A deploy restarts checkpointed/interrupted runs as NEW runs
+# (attempt+1, `continues` = old id). given_up: max_restarts reached, not restarted again.
+WAITING = "waiting"
+RUNNING = "running"
+FINISHED = "finished"
+FAILED = "failed"
+STOP_REQUESTED = "stop_requested"
+CHECKPOINTED = "checkpointed"
+INTERRUPTED = "interrupted"
+GIVEN_UP = "given_up"
+ACTIVE_STATES = frozenset({RUNNING, STOP_REQUESTED})
+RESTARTABLE_STATES = frozenset({CHECKPOINTED, INTERRUPTED})
+FINAL_STATES = frozenset({FINISHED, FAILED, CHECKPOINTED, INTERRUPTED, GIVEN_UP})
+ALL_STATES = (WAITING, RUNNING, FINISHED, FAILED, STOP_REQUESTED, CHECKPOINTED, INTERRUPTED, GIVEN_UP)
+
+
+@dataclass(frozen=True)
+class Lease:
+    state: str  # "open" | "closed"
+    epoch: int
+    holder: str = ""
+    reason: str = ""
+    deploy_id: str = ""
+    created_at: float = 0.0
+    expires_at: float = 0.0
+
+    def is_closed(self, now: float) -> bool:
+        """Closed and not yet expired. An expired lease counts as open."""
+        return self.state == "closed" and self.expires_at > now
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """What a job asks for when it claims a run."""
+
+    job: str
+    host: str
+    command: tuple[str, ...]
+    cwd: str | None = None  # as given (unresolved, e.g. /app/current), resolved after the gate opens
+    env: dict[str, str] = field(default_factory=dict)  # the allow-listed environment
+    key: str | None = None  # a job key: at most one active run per key
+    pid: int | None = None
+    continues: str | None = None  # the run this one continues (restart)
+    attempt: int = 1
+    restarts: int = 0  # restarts caused by deploys (do not count as failures)
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    job: str
+    host: str
+    command: tuple[str, ...]
+    state: str
+    attempt: int = 1
+    key: str | None = None
+    pid: int | None = None
+    cwd: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    epoch: int = 0  # gate epoch seen open when the run was claimed
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    heartbeat_at: float | None = None
+    progress_done: float | None = None
+    progress_total: float | None = None
+    checkpoint: Any = None  # JSON-able saved state (None = never checkpointed)
+    checkpoint_at: float | None = None
+    continues: str | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+    message: str | None = None
+    stop_requested_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["command"] = list(self.command)
+        return d
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    ts: float
+    action: str  # close | reopen | renew-lost | force-close | force-open | restart | give-up ...
+    actor: str
+    epoch: int
+    reason: str = ""
+    forced: bool = False
+
+
+class Store(ABC):
+    """One job store. Implementations must be safe across processes (and hosts for postgres)."""
+
+    kind: str = ""
+    # True when one store serves every host of a stage (postgres); False for per-host stores.
+    central: bool = False
+
+    # -- gate ---------------------------------------------------------------------------------
+    @abstractmethod
+    def gate(self) -> Lease:
+        """The current lease (state 'open', epoch 0 if the gate was never closed)."""
+
+    @abstractmethod
+    def close_gate(
+        self, *, holder: str, deploy_id: str, reason: str, ttl: float, force: bool = False
+    ) -> Lease:
+        """Close atomically (epoch+1) and pass the barrier. Raises GateHeld when an unexpired
+        lease is held by another deploy_id (unless force, which is audited)."""
+
+    @abstractmethod
+    def renew(self, epoch: int, ttl: float) -> Lease:
+        """Extend the lease. FencingError if the gate is not closed at this epoch."""
+
+    @abstractmethod
+    def open_gate(self, epoch: int | None, *, actor: str, force: bool = False) -> Lease:
+        """Reopen. FencingError unless closed at `epoch` (or force, audited). Reopening an
+        already-open gate at the same epoch is a no-op (idempotent)."""
+
+    @abstractmethod
+    def wait_gate_change(self, timeout: float) -> None:
+        """Block until the gate row may have changed or `timeout` passes (event-driven where the
+        backend allows; callers re-read `gate()` after)."""
+
+    # -- job side -----------------------------------------------------------------------------
+    @abstractmethod
+    def claim(self, spec: ClaimSpec) -> Run | Lease:
+        """Atomically: if the gate is open insert a RUNNING run and return it; if closed return
+        the closing Lease (nothing inserted). For the file backend the returned run's lock is
+        held by this process until `finish()` / `release_run_lock()`."""
+
+    @abstractmethod
+    def heartbeat(
+        self, run_id: str, *, pid: int | None = None, progress: tuple[float, float] | None = None
+    ) -> bool:
+        """Record liveness (and optionally the child pid and progress). Returns True when a stop
+        was requested for this run."""
+
+    @abstractmethod
+    def save_checkpoint(self, run_id: str, state: Any) -> None: ...
+
+    @abstractmethod
+    def finish(
+        self, run_id: str, state: str, exit_code: int | None = None, message: str | None = None
+    ) -> Run:
+        """Record the final state (finished/failed/checkpointed/interrupted)."""
+
+    # -- deploy side --------------------------------------------------------------------------
+    @abstractmethod
+    def get_run(self, run_id: str) -> Run:
+        """KeyError if unknown."""
+
+    @abstractmethod
+    def list_runs(
+        self,
+        states: Iterable[str] | None = None,
+        host: str | None = None,
+        limit: int | None = None,
+    ) -> list[Run]:
+        """Newest first."""
+
+    @abstractmethod
+    def request_stop(self, run_id: str, epoch: int) -> None:
+        """Mark stop_requested (FencingError if the gate is not closed at `epoch`)."""
+
+    @abstractmethod
+    def is_alive(self, run: Run) -> bool:
+        """Is the run's supervisor alive? File/SQLite: its run lock is held. PostgreSQL: its
+        heartbeat is fresh. Never judged from run time."""
+
+    @abstractmethod
+    def mark_interrupted(self, run_id: str, message: str) -> Run:
+        """For a run whose death is confirmed (not alive) but which never recorded an outcome."""
+
+    @abstractmethod
+    def wait_runs_change(self, run_ids: Iterable[str], timeout: float) -> None:
+        """Block until any of these runs may have ended, or timeout (event-driven: lock waits
+        for file/SQLite, LISTEN/NOTIFY for PostgreSQL)."""
+
+    @abstractmethod
+    def claim_restart(self, run_id: str, epoch: int) -> bool:
+        """Exactly-once restart: True for the first caller for this run_id (a unique claim row
+        keyed by run id, recording the epoch); False for every later caller. Audited."""
+
+    @abstractmethod
+    def audit(self, action: str, actor: str, epoch: int, reason: str = "", forced: bool = False) -> None: ...
+
+    @abstractmethod
+    def audit_log(self, limit: int = 50) -> list[AuditEntry]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
