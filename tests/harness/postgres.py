@@ -1,0 +1,1 @@
+"""A throwaway PostgreSQL cluster (filled in by the store work)."""
