@@ -97,6 +97,24 @@ class JobsConfig(Strict):
         return v
 
 
+class NotifyTarget(Strict):
+    """Where deploy and job events are announced: an apprise URL or a plain JSON webhook."""
+
+    apprise: str | None = None
+    webhook: str | None = None
+    # Event kinds to send (see shipit/events.py); empty means the default set.
+    events: list[str] = Field(default_factory=list)
+    timeout: float = Field(default=5.0, gt=0)
+    retries: int = Field(default=2, ge=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NotifyTarget:
+        if bool(self.apprise) == bool(self.webhook):
+            raise ValueError("a notify target needs exactly one of apprise or webhook")
+        return self
+
+
 class HostEntry(Strict):
     """A host written as a mapping in YAML (the short form is 'user@host:port' or 'local')."""
 
@@ -118,6 +136,7 @@ class StageEntry(Strict):
     hooks: dict[str, list[HookSpec]] = Field(default_factory=dict)
     ssh: SSHConfig | None = None
     jobs: JobsConfig | None = None
+    notify: list[NotifyTarget] | None = None
 
     @field_validator("hosts")
     @classmethod
@@ -159,6 +178,7 @@ class StageConfig(Strict):
     shipit_command: str
     secrets: tuple[str, ...] = ()
     config_path: str = "shipit.yaml"
+    notify: tuple[NotifyTarget, ...] = ()
 
     @property
     def store_dir(self) -> str:
@@ -180,6 +200,7 @@ class Config(Strict):
     # Names of vars whose values are secrets: masked in `shipit config`, logs and events.
     secrets: list[str] = Field(default_factory=list)
     shipit_command: str = "shipit"
+    notify: list[NotifyTarget] = Field(default_factory=list)
     stages: dict[str, StageEntry]
     config_path: str = "shipit.yaml"
 
