@@ -1,0 +1,180 @@
+"""The deploy side of restarting: reopen the gate, start every recorded run again exactly once.
+
+Exactly-once is at enqueue: `store.claim_restart(run.id, epoch)` is a unique claim per run, and
+only its winner spawns. Lean imports: this runs inside the host agent.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from shipit.errors import FencingError
+from shipit.gate.base import GIVEN_UP, Lease, Run, Store
+from shipit.jobs.drain import Emit, run_info
+
+# spawn(run) -> facts about the started process (pid, log, ...), raising on failure.
+Spawn = Callable[[Run], dict[str, Any]]
+# How long a definition's restart_command may take (it starts a unit / enqueues, it does not run
+# the job).
+RESTART_COMMAND_TIMEOUT = 120.0
+
+
+def definition(definitions: Mapping[str, Any] | None, job: str) -> dict[str, Any]:
+    """A job definition as a plain dict, whether it came as a pydantic model or as JSON."""
+    d = (definitions or {}).get(job)
+    if d is None:
+        return {}
+    if isinstance(d, Mapping):
+        return dict(d)
+    dump = getattr(d, "model_dump", None)
+    return dict(dump()) if dump else dict(vars(d))
+
+
+def dependency_order(runs: Iterable[Run], definitions: Mapping[str, Any] | None) -> list[Run]:
+    """Runs ordered so that a job starts after the jobs it lists in `after:` (among these runs).
+    Stable otherwise; a cycle falls back to the given order for the jobs caught in it."""
+    pending = list(runs)
+    present = {r.job for r in pending}
+    done: set[str] = set()
+    ordered: list[Run] = []
+    while pending:
+        ready = [
+            r for r in pending
+            if all(dep in done or dep not in present or dep == r.job
+                   for dep in definition(definitions, r.job).get("after") or ())
+        ]
+        if not ready:
+            ready = pending[:1]
+        for r in ready:
+            pending.remove(r)
+            ordered.append(r)
+        # A job counts as started only when every run of it has been taken.
+        left = {r.job for r in pending}
+        done |= {r.job for r in ready if r.job not in left}
+    return ordered
+
+
+def reopen(store: Store, epoch: int | None, *, actor: str, emit: Emit, host: str | None) -> Lease:
+    """Reopen at our epoch. Idempotent: reopening an already reopened gate is a no-op."""
+    lease = store.open_gate(epoch, actor=actor)
+    emit("gate.reopened", host=host, epoch=lease.epoch, holder=actor)
+    return lease
+
+
+def restart(
+    store: Store,
+    *,
+    epoch: int,
+    actor: str,
+    recorded: Iterable[Run],
+    spawn: Spawn,
+    definitions: Mapping[str, Any] | None,
+    max_restarts: int,
+    emit: Emit,
+    host: str | None = None,
+    reopen_gate: bool = True,
+) -> list[dict[str, Any]]:
+    """Reopen the gate (epoch-checked), then start each recorded run again, once.
+
+    Returns one outcome per run: {"run_id", "job", "outcome": restarted|given_up|already|failed}.
+    A failing spawn is reported (event `job.restart_failed`) and does not stop the others: its
+    claim is spent, so it is never started twice, and the run stays visible in `jobs list`.
+    """
+    if reopen_gate:
+        try:
+            reopen(store, epoch, actor=actor, emit=emit, host=host)
+        except FencingError:
+            # Someone forced the gate or our lease expired and another deploy took it: their
+            # epoch, not ours. Restarting is still right (claims are per run, jobs queue at the
+            # gate), so carry on and say so.
+            emit("log", host=host, message="gate no longer ours; restarting without reopening",
+                 level="warning")
+    outcomes: list[dict[str, Any]] = []
+    for run in dependency_order(recorded, definitions):
+        outcomes.append(_restart_one(store, run, epoch=epoch, spawn=spawn, definitions=definitions,
+                                     max_restarts=max_restarts, emit=emit, host=host))
+    return outcomes
+
+
+def _restart_one(
+    store: Store,
+    run: Run,
+    *,
+    epoch: int,
+    spawn: Spawn,
+    definitions: Mapping[str, Any] | None,
+    max_restarts: int,
+    emit: Emit,
+    host: str | None,
+) -> dict[str, Any]:
+    where = host or run.host
+    base = {"run_id": run.id, "job": run.job}
+    if not store.claim_restart(run.id, epoch):
+        return {**base, "outcome": "already"}
+    defn = definition(definitions, run.job)
+    limit = defn.get("max_restarts")
+    limit = max_restarts if limit is None else limit
+    if run.restarts >= limit:
+        store.finish(run.id, GIVEN_UP, message=f"max_restarts ({limit}) reached")
+        emit("job.given_up", host=where, run=run_info(run), max_restarts=limit)
+        return {**base, "outcome": "given_up"}
+    try:
+        command = defn.get("restart_command")
+        facts = run_restart_command(command, run) if command else spawn(run)
+    except Exception as exc:  # noqa: BLE001 - one job's failure is reported, the rest go on
+        emit("job.restart_failed", host=where, run=run_info(run), message=str(exc))
+        return {**base, "outcome": "failed", "error": str(exc)}
+    emit("job.restarted", host=where, job=run.job, run_id=run.id, attempt=run.attempt + 1,
+         **facts)
+    return {**base, "outcome": "restarted", **facts}
+
+
+def run_restart_command(command: str, run: Run) -> dict[str, Any]:
+    """A job started by systemd or a queue is started again by its own command (shell text from
+    shipit.yaml, run as written)."""
+    cwd = run.cwd if run.cwd and os.path.isdir(run.cwd) else None
+    env = {**os.environ, "SHIPIT_CONTINUES": run.id, "SHIPIT_JOB": run.job}
+    proc = subprocess.run(
+        ["/bin/sh", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=RESTART_COMMAND_TIMEOUT, check=False,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"restart_command exited {proc.returncode}: {tail[0]}")
+    return {"restart_command": command}
+
+
+def local_spawner(
+    shipit_command: str | list[str],
+    store_url: str,
+    *,
+    host: str,
+    log_dir: str,
+    env: Mapping[str, str] | None = None,
+) -> Spawn:
+    """Spawn `<shipit> job run --continues RUN --store URL --host HOST` detached on this machine:
+    own session (a dying agent or SSH channel does not take it down), stdin /dev/null, output
+    appended to `<log_dir>/<run id>.log`. The supervisor resolves the run's cwd (typically
+    .../current) itself once the gate is open, so the job runs the new release."""
+    argv = shlex.split(shipit_command) if isinstance(shipit_command, str) else list(shipit_command)
+
+    def spawn(run: Run) -> dict[str, Any]:
+        os.makedirs(log_dir, mode=0o700, exist_ok=True)
+        log_path = os.path.join(log_dir, f"{run.id}.next.log")
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        cwd = run.cwd if run.cwd and os.path.isdir(run.cwd) else log_dir
+        try:
+            proc = subprocess.Popen(
+                [*argv, "job", "run", "--continues", run.id, "--store", store_url, "--host", host],
+                cwd=cwd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+                start_new_session=True, close_fds=True, env={**os.environ, **(env or {})},
+            )
+        finally:
+            os.close(fd)
+        return {"pid": proc.pid, "log": log_path}
+
+    return spawn
