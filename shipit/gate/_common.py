@@ -1,0 +1,258 @@
+"""Pieces shared by the store backends: run (de)serialisation, lease rules, run locks.
+
+Kept apart from base.py (the interface) so that the backends agree on every rule that is not
+storage: who may close, what GateHeld says, how a run is encoded, how liveness is probed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
+from datetime import datetime, timezone
+from typing import Any
+
+from shipit.errors import CorruptState, FencingError, GateHeld, ShipitError
+from shipit.gate.base import FINAL_STATES, SCHEMA_VERSION, Lease, Run
+
+RUN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Run))
+# Fields kept as JSON text in SQL columns (structured values).
+JSON_FIELDS = frozenset({"command", "env", "checkpoint"})
+LEASE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Lease))
+
+# Poll period for waits that cannot be event-driven by the OS (flock has no timeout).
+POLL = 0.02
+
+
+class RunBusy(ShipitError):
+    """Another live run holds the same job key (ClaimSpec.key)."""
+
+    exit_code = 75
+
+
+def new_run_id() -> str:
+    """Time-ordered ids so that a directory listing sorts oldest first."""
+    return f"{time.time_ns() // 1000:015x}{secrets.token_hex(4)}"
+
+
+def fmt_ts(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def gate_held_message(lease: Lease) -> str:
+    reason = f": {lease.reason}" if lease.reason else ""
+    return (
+        f"the gate is held by {lease.holder or '?'} (deploy {lease.deploy_id or '?'}) "
+        f"since {fmt_ts(lease.created_at)}, expires {fmt_ts(lease.expires_at)}{reason}"
+    )
+
+
+def check_schema(version: int, where: str) -> None:
+    if version > SCHEMA_VERSION:
+        raise CorruptState(
+            f"{where} was written by a newer shipit (schema {version}, this shipit knows "
+            f"{SCHEMA_VERSION}): upgrade shipit on this host"
+        )
+
+
+# -- lease rules (identical across backends) -----------------------------------------------------
+
+
+def closed_lease(
+    current: Lease, *, holder: str, deploy_id: str, reason: str, ttl: float, now: float, force: bool
+) -> tuple[Lease, str | None]:
+    """The lease after a close request, and the audit action to record (None: nothing changed
+    worth auditing). Raises GateHeld when another deploy holds an unexpired lease."""
+    if current.is_closed(now):
+        if current.deploy_id == deploy_id:
+            # Idempotent re-close by the same deploy: same epoch, expiry pushed out.
+            lease = Lease(
+                "closed",
+                current.epoch,
+                current.holder,
+                current.reason,
+                deploy_id,
+                current.created_at,
+                max(current.expires_at, now + ttl),
+            )
+            return lease, None
+        if not force:
+            raise GateHeld(gate_held_message(current), current)
+        action = "force-close"
+    else:
+        action = "close"
+    return Lease("closed", current.epoch + 1, holder, reason, deploy_id, now, now + ttl), action
+
+
+def renewed_lease(current: Lease, epoch: int, ttl: float, now: float) -> Lease:
+    """FencingError unless the gate is still closed, unexpired, at `epoch`. An expired lease is
+    not renewed: jobs may have been admitted while it counted as open."""
+    if current.state != "closed" or current.epoch != epoch:
+        raise FencingError(
+            f"lease lost: the gate is {current.state} at epoch {current.epoch}, not closed at {epoch}"
+        )
+    if current.expires_at <= now:
+        raise FencingError(f"lease lost: the lease at epoch {epoch} expired at {fmt_ts(current.expires_at)}")
+    return Lease(
+        "closed", epoch, current.holder, current.reason, current.deploy_id, current.created_at, now + ttl
+    )
+
+
+def opened_lease(current: Lease, epoch: int | None, now: float, force: bool) -> tuple[Lease, str | None]:
+    """The lease after a reopen and the audit action (None: already open, a no-op)."""
+    if force:
+        return Lease("open", current.epoch, created_at=now), "force-open"
+    if current.state == "open" and current.epoch == epoch:
+        return current, None
+    if current.state != "closed" or current.epoch != epoch:
+        raise FencingError(
+            f"cannot reopen: the gate is {current.state} at epoch {current.epoch}, not closed at {epoch}"
+        )
+    return Lease("open", current.epoch, created_at=now), "reopen"
+
+
+def check_final(state: str) -> None:
+    if state not in FINAL_STATES:
+        raise ValueError(f"not a final run state: {state!r}")
+
+
+# -- run encoding ---------------------------------------------------------------------------------
+
+
+def run_to_dict(run: Run) -> dict[str, Any]:
+    return run.to_dict()
+
+
+def run_from_dict(d: Mapping[str, Any]) -> Run:
+    kw = {k: d[k] for k in RUN_FIELDS if k in d}
+    kw["command"] = tuple(kw.get("command") or ())
+    kw["env"] = dict(kw.get("env") or {})
+    return Run(**kw)
+
+
+def run_to_row(run: Run) -> dict[str, Any]:
+    row = run.to_dict()
+    for k in JSON_FIELDS:
+        row[k] = None if k == "checkpoint" and row[k] is None else json.dumps(row[k], ensure_ascii=False)
+    return row
+
+
+def row_to_run(row: Mapping[str, Any], where: str) -> Run:
+    d = dict(row)
+    try:
+        for k in JSON_FIELDS:
+            if d.get(k) is not None:
+                d[k] = json.loads(d[k])
+        return run_from_dict(d)
+    except (ValueError, TypeError) as e:
+        raise CorruptState(f"{where}: run {d.get('id')!r} cannot be read ({e})") from None
+
+
+def encode_json(value: Any) -> str:
+    """JSON for a checkpoint; refuse what JSON cannot hold instead of storing something else."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint state must be JSON-serialisable: {e}") from None
+
+
+# -- run locks (file and SQLite liveness) ---------------------------------------------------------
+
+
+class RunLocks:
+    """`<dir>/<run id>.lock`, held LOCK_EX by the claiming process for the run's life.
+
+    A run whose lock can be taken is dead: the kernel drops flock locks when the process dies,
+    so there is no PID reuse trap. Python opens fds non-inheritable, so a job's exec'd child does
+    not keep its supervisor's lock alive.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        self._held: dict[str, int] = {}
+        self._mu = threading.Lock()
+
+    def path(self, run_id: str) -> str:
+        return os.path.join(self.dir, f"{run_id}.lock")
+
+    def hold(self, run_id: str) -> None:
+        fd = os.open(self.path(run_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            raise
+        with self._mu:
+            self._held[run_id] = fd
+
+    def release(self, run_id: str, *, unlink: bool = False) -> None:
+        with self._mu:
+            fd = self._held.pop(run_id, None)
+        if unlink:
+            # Safe: a run id is never locked again, so a prober holding the old inode learns
+            # "dead", which is true once the outcome is recorded.
+            remove(self.path(run_id))
+        if fd is not None:
+            os.close(fd)
+
+    def holds(self, run_id: str) -> bool:
+        with self._mu:
+            return run_id in self._held
+
+    def is_held(self, run_id: str) -> bool:
+        """Held by a live process (this one included)."""
+        if self.holds(run_id):
+            return True
+        try:
+            fd = os.open(self.path(run_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return True
+            raise
+        finally:
+            os.close(fd)
+        return False
+
+    def wait_any_free(self, run_ids: Iterable[str], timeout: float) -> None:
+        """Return as soon as one of these locks is free (its process ended), or at timeout.
+        flock has no timeout, so poll with LOCK_NB every POLL seconds: milliseconds of wake-up
+        latency at negligible cost, and no blocked threads left behind at timeout."""
+        ids = list(run_ids)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            if not ids or any(not self.is_held(r) for r in ids):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(POLL, left))
+
+    def close(self) -> None:
+        with self._mu:
+            fds = list(self._held.values())
+            self._held.clear()
+        for fd in fds:
+            os.close(fd)
+
+
+def remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def ensure_private_dir(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_mode & 0o077 and st.st_uid == os.getuid():
+        os.chmod(path, 0o700)

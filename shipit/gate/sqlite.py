@@ -1,0 +1,386 @@
+"""SQLite job store: one database per host, WAL mode.
+
+Every write is a `BEGIN IMMEDIATE` transaction, which takes SQLite's single write lock at its
+start. A claim reads the gate and inserts its run inside one such transaction, and so does the
+close, so the two are serialised: when `close_gate()` commits, every claim that saw the gate
+open has committed, and every later claim sees it closed. That is the barrier; nothing else
+is needed.
+
+Liveness is the run lock `<db dir>/runs/<id>.lock` (see shipit.gate._common.RunLocks), taken
+before the run row exists so that a listed run is never mistaken for a dead one.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from shipit.errors import CorruptState, FencingError, StoreUnavailable
+from shipit.gate import _common as c
+from shipit.gate.base import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    RUNNING,
+    SCHEMA_VERSION,
+    STOP_REQUESTED,
+    WAITING,
+    AuditEntry,
+    ClaimSpec,
+    Lease,
+    Run,
+    Store,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS gate (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  state TEXT NOT NULL, epoch INTEGER NOT NULL, holder TEXT NOT NULL, reason TEXT NOT NULL,
+  deploy_id TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE, job TEXT NOT NULL, host TEXT NOT NULL, command TEXT NOT NULL,
+  state TEXT NOT NULL, attempt INTEGER NOT NULL, key TEXT, pid INTEGER, cwd TEXT,
+  env TEXT NOT NULL, epoch INTEGER NOT NULL, created_at REAL NOT NULL, started_at REAL,
+  finished_at REAL, heartbeat_at REAL, progress_done REAL, progress_total REAL,
+  checkpoint TEXT, checkpoint_at REAL, continues TEXT, restarts INTEGER NOT NULL,
+  exit_code INTEGER, message TEXT, stop_requested_at REAL
+);
+CREATE INDEX IF NOT EXISTS runs_state ON runs (state);
+CREATE INDEX IF NOT EXISTS runs_key ON runs (key) WHERE key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS restarts (run_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL, ts REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, action TEXT NOT NULL,
+  actor TEXT NOT NULL, epoch INTEGER NOT NULL, reason TEXT NOT NULL, forced INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO gate VALUES (1, 'open', 0, '', '', '', 0, 0);
+"""
+
+_COLS = ", ".join(c.RUN_FIELDS)
+
+
+class SQLiteStore(Store):
+    kind = "sqlite"
+    central = False
+
+    def __init__(self, path: str, *, heartbeat_stale: float = 30.0, busy_timeout: float = 30.0) -> None:
+        # heartbeat_stale is accepted for a uniform constructor; liveness here is the run lock.
+        self.path = os.path.abspath(path)
+        self.heartbeat_stale = heartbeat_stale
+        d = os.path.dirname(self.path)
+        c.ensure_private_dir(d)
+        c.ensure_private_dir(os.path.join(d, "runs"))
+        self.locks = c.RunLocks(os.path.join(d, "runs"))
+        self._mu = threading.RLock()
+        if not os.path.exists(self.path):
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            with self._tx() as db:
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+                row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if row is None:
+                    db.execute(
+                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
+                else:
+                    c.check_schema(int(row[0]), self.path)
+        except sqlite3.DatabaseError as e:
+            raise CorruptState(f"{self.path}: not a readable shipit job store ({e})") from None
+
+    # -- plumbing -----------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._mu:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                raise StoreUnavailable(f"cannot reach the job store {self.path}: {e}") from None
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            else:
+                db.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._mu:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as e:
+                raise CorruptState(f"{self.path}: {e}") from None
+
+    @staticmethod
+    def _lease(row: sqlite3.Row) -> Lease:
+        return Lease(*(row[k] for k in c.LEASE_FIELDS))
+
+    def _gate(self, db: Any) -> Lease:
+        return self._lease(db.execute("SELECT * FROM gate WHERE id = 1").fetchone())
+
+    def _put_gate(self, db: Any, lease: Lease) -> None:
+        db.execute(
+            "UPDATE gate SET state=?, epoch=?, holder=?, reason=?, deploy_id=?, created_at=?, "
+            "expires_at=? WHERE id = 1",
+            tuple(getattr(lease, k) for k in c.LEASE_FIELDS),
+        )
+
+    def _run(self, db: Any, run_id: str) -> Run:
+        row = db.execute(f"SELECT {_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(run_id)
+        return c.row_to_run(row, self.path)
+
+    def _audit(self, db: Any, action: str, actor: str, epoch: int, reason: str, forced: bool) -> None:
+        db.execute(
+            "INSERT INTO audit (ts, action, actor, epoch, reason, forced) VALUES (?,?,?,?,?,?)",
+            (time.time(), action, actor, epoch, reason, int(forced)),
+        )
+
+    # -- gate ---------------------------------------------------------------------------------
+    def gate(self) -> Lease:
+        return self._lease(self._read("SELECT * FROM gate WHERE id = 1")[0])
+
+    def close_gate(
+        self, *, holder: str, deploy_id: str, reason: str, ttl: float, force: bool = False
+    ) -> Lease:
+        with self._tx() as db:
+            lease, action = c.closed_lease(
+                self._gate(db), holder=holder, deploy_id=deploy_id, reason=reason, ttl=ttl,
+                now=time.time(), force=force,
+            )
+            self._put_gate(db, lease)
+            if action:
+                self._audit(db, action, holder, lease.epoch, reason, force)
+        return lease
+
+    def renew(self, epoch: int, ttl: float) -> Lease:
+        failure: FencingError | None = None
+        with self._tx() as db:
+            current = self._gate(db)
+            try:
+                lease = c.renewed_lease(current, epoch, ttl, time.time())
+                self._put_gate(db, lease)
+            except FencingError as e:
+                # Recorded (in this same transaction) so the trail shows when a deploy lost it.
+                self._audit(db, "renew-lost", current.holder, epoch, str(e), False)
+                failure = e
+        if failure:
+            raise failure
+        return lease
+
+    def open_gate(self, epoch: int | None, *, actor: str, force: bool = False) -> Lease:
+        with self._tx() as db:
+            lease, action = c.opened_lease(self._gate(db), epoch, time.time(), force)
+            if action:
+                self._put_gate(db, lease)
+                self._audit(db, action, actor, lease.epoch, "", force)
+        return lease
+
+    def wait_gate_change(self, timeout: float) -> None:
+        deadline = time.monotonic() + max(0.0, timeout)
+        first = self.gate()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if first.state == "closed" and first.expires_at <= time.time():
+                return  # the lease expired: the gate now counts as open
+            time.sleep(min(c.POLL, left))
+            if self.gate() != first:
+                return
+
+    # -- job side -----------------------------------------------------------------------------
+    def claim(self, spec: ClaimSpec) -> Run | Lease:
+        run_id = c.new_run_id()
+        # The lock is held before the row exists: a listed run is never judged dead by mistake.
+        self.locks.hold(run_id)
+        try:
+            with self._tx() as db:
+                now = time.time()
+                lease = self._gate(db)
+                if lease.is_closed(now):
+                    self.locks.release(run_id, unlink=True)
+                    return lease
+                if spec.key is not None:
+                    self._check_key(db, spec.key)
+                run = Run(
+                    id=run_id, job=spec.job, host=spec.host, command=tuple(spec.command),
+                    state=RUNNING, attempt=spec.attempt, key=spec.key, pid=spec.pid, cwd=spec.cwd,
+                    env=dict(spec.env), epoch=lease.epoch, created_at=now, started_at=now,
+                    heartbeat_at=now, continues=spec.continues, restarts=spec.restarts,
+                )
+                row = c.run_to_row(run)
+                db.execute(
+                    f"INSERT INTO runs ({_COLS}) VALUES ({', '.join('?' * len(c.RUN_FIELDS))})",
+                    tuple(row[k] for k in c.RUN_FIELDS),
+                )
+            return run
+        except BaseException:
+            self.locks.release(run_id, unlink=True)
+            raise
+
+    def _check_key(self, db: Any, key: str) -> None:
+        active = tuple(ACTIVE_STATES | {WAITING})
+        rows = db.execute(
+            f"SELECT id FROM runs WHERE key = ? AND state IN ({','.join('?' * len(active))})",
+            (key, *active),
+        ).fetchall()
+        for (other,) in rows:
+            if self.locks.is_held(other):
+                raise c.RunBusy(f"job key {key!r} is already running (run {other})")
+            # Its process is gone without an outcome: record that and let the key go.
+            db.execute(
+                "UPDATE runs SET state='interrupted', finished_at=?, message=? WHERE id=?",
+                (time.time(), "process gone (found when the job key was claimed again)", other),
+            )
+
+    def heartbeat(
+        self, run_id: str, *, pid: int | None = None, progress: tuple[float, float] | None = None
+    ) -> bool:
+        with self._tx() as db:
+            run = self._run(db, run_id)
+            sets, args = ["heartbeat_at = ?"], [time.time()]
+            if pid is not None:
+                sets.append("pid = ?")
+                args.append(pid)
+            if progress is not None:
+                sets += ["progress_done = ?", "progress_total = ?"]
+                args += [progress[0], progress[1]]
+            db.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*args, run_id))
+        return run.state == STOP_REQUESTED
+
+    def save_checkpoint(self, run_id: str, state: Any) -> None:
+        data = c.encode_json(state)
+        with self._tx() as db:
+            self._run(db, run_id)
+            db.execute(
+                "UPDATE runs SET checkpoint = ?, checkpoint_at = ? WHERE id = ?",
+                (data, time.time(), run_id),
+            )
+
+    def finish(
+        self, run_id: str, state: str, exit_code: int | None = None, message: str | None = None
+    ) -> Run:
+        c.check_final(state)
+        with self._tx() as db:
+            run = self._run(db, run_id)
+            if run.state not in FINAL_STATES:
+                db.execute(
+                    "UPDATE runs SET state=?, finished_at=?, exit_code=?, message=? WHERE id=?",
+                    (state, time.time(), exit_code, message, run_id),
+                )
+            run = self._run(db, run_id)
+        self.locks.release(run_id, unlink=True)
+        return run
+
+    def release_run_lock(self, run_id: str) -> None:
+        """Let go of a run's lock without recording an outcome (the run will be judged dead)."""
+        self.locks.release(run_id)
+
+    # -- deploy side --------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> Run:
+        with self._mu:
+            return self._run(self._db, run_id)
+
+    def list_runs(
+        self, states: Iterable[str] | None = None, host: str | None = None, limit: int | None = None
+    ) -> list[Run]:
+        where, args = [], []
+        if states is not None:
+            st = list(states)
+            where.append(f"state IN ({','.join('?' * len(st))})" if st else "0")
+            args += st
+        if host is not None:
+            where.append("host = ?")
+            args.append(host)
+        sql = f"SELECT {_COLS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [c.row_to_run(r, self.path) for r in self._read(sql, tuple(args))]
+
+    def request_stop(self, run_id: str, epoch: int) -> None:
+        with self._tx() as db:
+            lease = self._gate(db)
+            if not (lease.is_closed(time.time()) and lease.epoch == epoch):
+                raise FencingError(
+                    f"cannot stop run {run_id}: the gate is not closed at epoch {epoch} "
+                    f"(it is {lease.state} at epoch {lease.epoch})"
+                )
+            run = self._run(db, run_id)
+            if run.state == RUNNING:
+                db.execute(
+                    "UPDATE runs SET state=?, stop_requested_at=? WHERE id=?",
+                    (STOP_REQUESTED, time.time(), run_id),
+                )
+
+    def is_alive(self, run: Run) -> bool:
+        return self.locks.is_held(run.id)
+
+    def mark_interrupted(self, run_id: str, message: str) -> Run:
+        with self._tx() as db:
+            run = self._run(db, run_id)
+            if run.state in FINAL_STATES:
+                return run
+            if self.locks.is_held(run_id):
+                raise FencingError(f"run {run_id} is still alive: not marking it interrupted")
+            db.execute(
+                "UPDATE runs SET state='interrupted', finished_at=?, message=? WHERE id=?",
+                (time.time(), message, run_id),
+            )
+            run = self._run(db, run_id)
+        c.remove(self.locks.path(run_id))
+        return run
+
+    def wait_runs_change(self, run_ids: Iterable[str], timeout: float) -> None:
+        self.locks.wait_any_free(run_ids, timeout)
+
+    def claim_restart(self, run_id: str, epoch: int) -> bool:
+        with self._tx() as db:
+            lease = self._gate(db)
+            if lease.epoch != epoch:
+                raise FencingError(
+                    f"cannot restart run {run_id}: the gate is at epoch {lease.epoch}, not {epoch}"
+                )
+            cur = db.execute(
+                "INSERT OR IGNORE INTO restarts (run_id, epoch, ts) VALUES (?, ?, ?)",
+                (run_id, epoch, time.time()),
+            )
+            won = cur.rowcount == 1
+            if won:
+                self._audit(db, "restart", lease.holder or "shipit", epoch, f"run {run_id}", False)
+        return won
+
+    def audit(self, action: str, actor: str, epoch: int, reason: str = "", forced: bool = False) -> None:
+        with self._tx() as db:
+            self._audit(db, action, actor, epoch, reason, forced)
+
+    def audit_log(self, limit: int = 50) -> list[AuditEntry]:
+        rows = self._read(
+            "SELECT ts, action, actor, epoch, reason, forced FROM audit ORDER BY seq DESC LIMIT ?",
+            (int(limit),),
+        )
+        return [AuditEntry(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+
+    def close(self) -> None:
+        self.locks.close()
+        with self._mu:
+            self._db.close()
