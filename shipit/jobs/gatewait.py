@@ -1,0 +1,68 @@
+"""Claiming a run through the gate, waiting (event-driven, bounded) while a deploy holds it.
+
+Shared by the `shipit job run` supervisor and the standalone Python API.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from shipit.errors import GateWaitTimeout
+from shipit.gate.base import ClaimSpec, Lease, Run, Store
+
+# Never sleep longer than this between claims even if the backend promises to wake us: a missed
+# wake-up then costs at most this much, not the whole --max-wait.
+_MAX_SLICE = 30.0
+# Re-claim slightly after the lease's expiry (an expired lease counts as open), never busy-loop
+# when the store's clock is behind ours.
+_EXPIRY_MARGIN = 0.05
+_MIN_SLICE = 0.05
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts)) if ts else "?"
+
+
+def describe_lease(lease: Lease) -> str:
+    """One line a user can act on: who closed the gate, since when, until when and why."""
+    who = lease.holder or "unknown holder"
+    deploy = f" (deploy {lease.deploy_id})" if lease.deploy_id else ""
+    why = f": {lease.reason}" if lease.reason else ""
+    return (
+        f"gate closed by {who}{deploy} since {_utc(lease.created_at)}"
+        f" until {_utc(lease.expires_at)}{why}"
+    )
+
+
+def claim_when_open(
+    store: Store,
+    spec: ClaimSpec,
+    *,
+    max_wait: float,
+    on_closed: Callable[[Lease], None] | None = None,
+) -> Run:
+    """Claim a run, waiting at most `max_wait` seconds for a closed gate to reopen or expire.
+
+    `on_closed` is called once per closing (per epoch), not on every wake-up, so a waiting job
+    says why it waits exactly once. Raises GateWaitTimeout (exit 75) when the wait runs out;
+    nothing is recorded in the store in that case.
+    """
+    deadline = time.monotonic() + max_wait
+    announced: int | None = None
+    while True:
+        result = store.claim(spec)
+        if isinstance(result, Run):
+            return result
+        lease = result
+        if on_closed is not None and lease.epoch != announced:
+            announced = lease.epoch
+            on_closed(lease)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise GateWaitTimeout(
+                f"job {spec.job} gave up after waiting {max_wait:g}s at the closed gate"
+                f" ({describe_lease(lease)})"
+            )
+        until_expiry = lease.expires_at - time.time() + _EXPIRY_MARGIN
+        store.wait_gate_change(max(_MIN_SLICE, min(remaining, until_expiry, _MAX_SLICE)))
