@@ -1,8 +1,8 @@
 """Renderers of the event stream: live (TTY), plain (CI / pipes), JSON lines, and the log file.
 
-    renderer = attach(bus, json=False, stream=sys.stdout, secrets=[...], log_path=".../{deploy_id}.log")
-    result = runner.deploy(stage, opts, bus)
-    renderer.finish(result)      # summary (and where the log file is)
+Use: `renderer = attach(bus, json=False, stream=sys.stdout, secrets=[...],
+log_path=".../{deploy_id}.log")`, run the deploy on `bus`, then `renderer.finish(result)` to
+show the summary (and where the log file is).
 """
 
 from __future__ import annotations

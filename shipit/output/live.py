@@ -137,7 +137,9 @@ class LiveRenderer(Renderer):
             r.last = event.message
             if event.phase:
                 r.phases[event.phase] = "failed"
-            out.append(Text(f"[{event.host}] {event.phase or ''}: {describe(event)}", style="bold red"))
+            out.append(
+                Text(f"[{event.host}] {event.phase or ''}: {describe(event)}", style="bold red")
+            )
         elif kind == "log":
             level = d.get("level", "info")
             if level in ("warning", "error"):
@@ -246,4 +248,6 @@ class LiveRenderer(Renderer):
         outcome = str(summary.get("outcome", "?"))
         style = _OUTCOME_STYLE.get(outcome, "red")
         body = Text("\n".join(summary_lines(summary)))
-        self.console.print(Panel(body, title=outcome, title_align="left", border_style=style, expand=False))
+        self.console.print(
+            Panel(body, title=outcome, title_align="left", border_style=style, expand=False)
+        )

@@ -25,7 +25,7 @@ def log_dir_for(config_path: str | os.PathLike[str]) -> Path:
     return Path(config_path).resolve().parent / ".shipit" / "logs"
 
 
-def _safe(part: str) -> str:
+def safe_name(part: str) -> str:
     # A stage or deploy id becomes part of a file name; keep it to one harmless path component.
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in part) or "_"
 
@@ -51,7 +51,7 @@ class LogFileRenderer(Renderer):
         self.closed = False
 
     def _open(self, deploy_id: str, stage: str) -> None:
-        path = Path(self.template.format(deploy_id=_safe(deploy_id), stage=_safe(stage)))
+        path = Path(self.template.format(deploy_id=safe_name(deploy_id), stage=safe_name(stage)))
         self.file = open_private(path)
         self.log_path = str(path)
 
@@ -62,7 +62,9 @@ class LogFileRenderer(Renderer):
             if event.kind != "deploy.started":
                 self.pending.append(event)
                 return
-            self._open(str(event.data.get("deploy_id") or "unknown"), str(event.data.get("stage") or ""))
+            self._open(
+                str(event.data.get("deploy_id") or "unknown"), str(event.data.get("stage") or "")
+            )
         elif self.file is None:
             self._open("unknown", "")
         assert self.file is not None

@@ -43,9 +43,12 @@ def mask_value(value: Any, secrets: list[str]) -> Any:
         return mask_text(value, secrets)
     if isinstance(value, dict):
         return {mask_value(k, secrets): mask_value(v, secrets) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [mask_value(v, secrets) for v in value]
-    return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    # Anything else gets str()-ed by a renderer later (json default=str); mask that text now.
+    return mask_text(str(value), secrets)
 
 
 def mask_event(event: Event, secrets: list[str]) -> Event:

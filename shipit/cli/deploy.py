@@ -1,0 +1,277 @@
+"""The deploy commands: init, check, deploy, rollback, releases, history, config.
+
+Each command loads the stage, hands the work to shipit.runner with an EventBus, and renders
+what comes back; none of them decides anything about a deploy itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from shipit.cli.common import (
+    SESSION,
+    as_dict,
+    confirm,
+    echo_json,
+    interactive,
+    load_stage,
+    log_template,
+    sigterm_as_interrupt,
+    split_csv,
+    stdout_is_tty,
+)
+from shipit.config.model import StageConfig
+from shipit.events import Event, EventBus
+from shipit.output import attach
+from shipit.output.format import line
+from shipit.output.mask import mask_event, mask_value
+
+STAGE = click.argument("stage", metavar="STAGE")
+JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+YES = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+
+
+def _console() -> Console:
+    # A pipe gets plain text at a width that never truncates a table.
+    return Console(file=sys.stdout, highlight=False, width=None if stdout_is_tty() else 200)
+
+
+def _quiet_bus(secrets: list[str]) -> EventBus:
+    """For the read-only commands: only trouble (and everything with -v) goes to stderr."""
+    bus = EventBus()
+
+    def listener(event: Event) -> None:
+        event = mask_event(event, secrets)
+        trouble = event.kind == "host.failed" or (
+            event.kind == "log" and event.data.get("level") in ("warning", "error")
+        )
+        if trouble or SESSION.verbose:
+            click.echo(line(event), err=True)
+
+    bus.subscribe(listener)
+    return bus
+
+
+def _run_deploy(stage: StageConfig, as_json: bool, action: Any) -> None:
+    """Render the deploy-shaped run `action(bus)` and exit with its result's code."""
+    bus = EventBus()
+    renderer = attach(
+        bus,
+        json=as_json,
+        stream=sys.stdout,
+        secrets=SESSION.secrets,
+        log_path=log_template(stage),
+        verbose=SESSION.verbose,
+    )
+    result = None
+    try:
+        with sigterm_as_interrupt():
+            result = action(bus)
+    finally:
+        # Even on an exception the live view must let go of the terminal and the log close.
+        renderer.finish(result)
+    click.get_current_context().exit(result.exit_code)
+
+
+@click.command("init")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init_cmd(force: bool) -> None:
+    """Write a starter shipit.yaml (in the current directory, or --config PATH)."""
+    from pathlib import Path
+
+    from shipit.config.init import write_starter
+
+    target = Path(SESSION.config or "shipit.yaml")
+    written = write_starter(target, force=force)
+    click.echo(f"wrote {written or target}; edit it, then run: shipit check STAGE")
+
+
+@click.command("check")
+@STAGE
+@click.option("--hosts", metavar="H,..", help="Only these hosts (names as in shipit.yaml).")
+@click.option("--roles", metavar="R,..", help="Only hosts with one of these roles.")
+@JSON
+def check_cmd(stage: str, hosts: str | None, roles: str | None, as_json: bool) -> None:
+    """Check every host of STAGE is ready to deploy (exit 1 on any problem)."""
+    from shipit import runner
+
+    conf = load_stage(stage, hosts=split_csv(hosts), roles=split_csv(roles))
+    results = runner.check(conf, _quiet_bus(SESSION.secrets))
+    rows = mask_value(as_dict(results), SESSION.secrets)
+    if as_json:
+        echo_json(rows)
+    else:
+        table = Table(box=None, pad_edge=False)
+        for col in ("host", "ok", "current", "releases", "problems"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(
+                str(r.get("host")),
+                "[green]ok[/]" if r.get("ok") else "[red]PROBLEM[/]",
+                str(r.get("current") or "-"),
+                str(
+                    len(r["releases"])
+                    if isinstance(r.get("releases"), list)
+                    else r.get("releases", "")
+                ),
+                "; ".join(map(str, r.get("problems") or [])),
+            )
+        _console().print(table)
+    bad = [r for r in rows if not r.get("ok")]
+    click.get_current_context().exit(1 if bad else 0)
+
+
+@click.command("deploy")
+@STAGE
+@click.option("--revision", "-r", metavar="REF", help="Git ref to deploy (default: the branch).")
+@click.option("--hosts", metavar="H,..", help="Only these hosts (names as in shipit.yaml).")
+@click.option("--roles", metavar="R,..", help="Only hosts with one of these roles.")
+@click.option("--dry-run", is_flag=True, help="Show the commands, change nothing.")
+@YES
+@JSON
+@click.option(
+    "--lock-wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="Wait this long for a gate held by another deploy (default: fail at once).",
+)
+def deploy_cmd(
+    stage: str,
+    revision: str | None,
+    hosts: str | None,
+    roles: str | None,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+    lock_wait: float,
+) -> None:
+    """Deploy STAGE: drain jobs, switch the release, restart the jobs on the new code."""
+    from shipit import runner
+
+    conf = load_stage(stage, hosts=split_csv(hosts), roles=split_csv(roles))
+    if not (yes or dry_run) and interactive():
+        names = ", ".join(h.name for h in conf.hosts)
+        confirm(f"Deploy {revision or conf.source.branch} to {conf.name} ({names})?")
+    opts = runner.DeployOptions(revision=revision, dry_run=dry_run, lock_wait=lock_wait)
+    _run_deploy(conf, as_json, lambda bus: runner.deploy(conf, opts, bus))
+
+
+@click.command("rollback")
+@STAGE
+@click.option(
+    "--to", "to", metavar="RELEASE", help="Release to go back to (default: the previous one)."
+)
+@YES
+@JSON
+def rollback_cmd(stage: str, to: str | None, yes: bool, as_json: bool) -> None:
+    """Put the previous release (or --to RELEASE) of STAGE back in place."""
+    from shipit import runner
+
+    conf = load_stage(stage)
+    if not yes and interactive():
+        confirm(f"Roll {conf.name} back to {to or 'the previous release'}?")
+    opts = runner.DeployOptions()
+    _run_deploy(conf, as_json, lambda bus: runner.rollback(conf, opts, bus, to=to))
+
+
+@click.command("releases")
+@STAGE
+@JSON
+def releases_cmd(stage: str, as_json: bool) -> None:
+    """List the releases on every host of STAGE."""
+    from shipit import runner
+
+    conf = load_stage(stage)
+    found = mask_value(
+        as_dict(runner.list_releases(conf, _quiet_bus(SESSION.secrets))), SESSION.secrets
+    )
+    if as_json:
+        echo_json(found)
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("host", "release", "revision", ""):
+        table.add_column(col)
+    for host, releases in found.items():
+        for rel in releases:
+            flags = " ".join(
+                f for f, on in (("current", rel.get("current")), ("bad", rel.get("bad"))) if on
+            )
+            table.add_row(host, str(rel.get("name")), str(rel.get("revision") or "-"), flags)
+    _console().print(table)
+
+
+_HISTORY_COLUMNS = (
+    ("when", ("finished_at", "started_at", "ts", "when")),
+    ("deploy", ("deploy_id", "id")),
+    ("who", ("actor", "who")),
+    ("revision", ("revision",)),
+    ("release", ("release",)),
+    ("outcome", ("outcome",)),
+)
+
+
+def _when(value: Any) -> str:
+    import time
+
+    if isinstance(value, (int, float)):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    return str(value) if value is not None else "-"
+
+
+@click.command("history")
+@STAGE
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
+@JSON
+def history_cmd(stage: str, limit: int, as_json: bool) -> None:
+    """Show the last deploys of STAGE (who, when, what, how it ended)."""
+    from shipit import runner
+
+    conf = load_stage(stage)
+    records = mask_value(
+        as_dict(runner.read_history(conf, _quiet_bus(SESSION.secrets), limit=limit)),
+        SESSION.secrets,
+    )
+    if as_json:
+        echo_json(records)
+        return
+    table = Table(box=None, pad_edge=False)
+    for title, _ in _HISTORY_COLUMNS:
+        table.add_column(title)
+    for rec in records:
+        cells = []
+        for title, keys in _HISTORY_COLUMNS:
+            value = next((rec[k] for k in keys if rec.get(k) is not None), None)
+            cells.append(
+                _when(value) if title == "when" else str(value if value is not None else "-")
+            )
+        table.add_row(*cells)
+    _console().print(table)
+
+
+@click.command("config")
+@STAGE
+def config_cmd(stage: str) -> None:
+    """Print the resolved configuration of STAGE as YAML (secrets masked)."""
+    import yaml
+
+    conf = load_stage(stage)
+    try:
+        from shipit.config.secrets import masked_config
+    except ImportError:
+        data: Any = mask_value(conf.model_dump(mode="json"), SESSION.secrets)
+    else:
+        data = masked_config(conf)
+    text = (
+        data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    )
+    click.echo(text.rstrip("\n"))
+
+
+COMMANDS = (init_cmd, check_cmd, deploy_cmd, rollback_cmd, releases_cmd, history_cmd, config_cmd)
+__all__ = ["COMMANDS"]
