@@ -5,8 +5,8 @@ the fields the stage writes); `jobs.definitions` merge by job name. Hooks run to
 first, then the stage's, per hook point. Vars merge key by key (not deeply).
 
 Paths: `deploy_to` must be absolute (or start with `~/`, the deploy user's home). A relative
-`source.dir` or `jobs.path` is taken relative to the directory holding shipit.yaml, so the same
-file works from any working directory.
+`source.dir`, `jobs.path` or local `source.repo` path is taken relative to the directory
+holding shipit.yaml, so the same file works from any working directory.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 import posixpath
+import re
 from typing import Any
 
 from shipit.config.hostspec import Address, HostSyntaxError, check_port, check_user, parse_host
@@ -53,6 +54,12 @@ def _local_path(config: Config, path: str) -> str:
     if os.path.isabs(path) or path.startswith("~"):
         return path
     return os.path.normpath(os.path.join(_config_dir(config), path))
+
+
+def _is_local_repo(repo: str) -> bool:
+    """A repository path rather than a URL (`https://...`, `file://...`) or scp-like
+    `git@host:path`."""
+    return "://" not in repo and not re.match(r"[\w.-]+@[\w.-]+:", repo)
 
 
 def _deploy_to(config: Config, stage: StageEntry, name: str, lines: LineMap) -> str:
@@ -206,6 +213,8 @@ def resolve_stage(config: Config, name: str) -> StageConfig:
     source = config.source
     if stage.branch is not None:
         source = source.model_copy(update={"branch": stage.branch})
+    if source.repo is not None and _is_local_repo(source.repo):
+        source = source.model_copy(update={"repo": _local_path(config, source.repo)})
     if source.dir is not None:
         source = source.model_copy(update={"dir": _local_path(config, source.dir)})
     keep = config.keep_releases

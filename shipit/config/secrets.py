@@ -1,0 +1,95 @@
+"""Which values of a stage are secret, and how to keep them out of anything shown to a user.
+
+Secrets are the values of the vars named in `secrets:` (at any level: top, stage or host) and
+the job store DSN (the environment variable named by `jobs.dsn_env`), including the password
+inside that DSN on its own, since it can end up in other strings (a hook's command line).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from shipit.config.model import StageConfig
+
+MASK = "********"
+_KV_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*(?:'((?:[^'\\]|\\.)*)'|(\S+))")
+
+
+def _leaves(value: Any) -> Iterable[str]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _leaves(item)
+    elif value is not None and not isinstance(value, bool):
+        yield str(value)
+
+
+def _dsn_password(dsn: str) -> str | None:
+    if "://" in dsn:
+        try:
+            password = urlsplit(dsn).password
+        except ValueError:
+            return None
+        return unquote(password) if password else None
+    found = _KV_PASSWORD.search(dsn)
+    if not found:
+        return None
+    return found.group(1) if found.group(1) is not None else found.group(2)
+
+
+def secret_values(stage: StageConfig, *, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every secret value, longest first (so a secret containing another is masked whole)."""
+    env = os.environ if environ is None else environ
+    found: set[str] = set()
+    for vars_ in (stage.vars, *(h.vars for h in stage.hosts)):
+        for name in stage.secrets:
+            if name in vars_:
+                found.update(_leaves(vars_[name]))
+    dsn = env.get(stage.jobs.dsn_env)
+    if dsn:
+        found.add(dsn)
+        password = _dsn_password(dsn)
+        if password:
+            found.add(password)
+    # An empty "secret" would mask between every character of every string.
+    return sorted((s for s in found if s), key=lambda s: (-len(s), s))
+
+
+def mask(text: str, secrets: Iterable[str]) -> str:
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def _mask_data(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        return mask(value, secrets)
+    if isinstance(value, dict):
+        return {mask(str(k), secrets): _mask_data(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_data(v, secrets) for v in value]
+    if value is not None and not isinstance(value, bool) and str(value) in secrets:
+        return MASK
+    return value
+
+
+def _hide_named(vars_: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {k: (MASK if k in names else v) for k, v in vars_.items()}
+
+
+def masked_config(
+    stage: StageConfig, *, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The resolved stage as plain JSON-able data, for `shipit config STAGE`, with every secret
+    value replaced by ******** wherever it appears, inside other strings too."""
+    data = stage.model_dump(mode="json")
+    data["vars"] = _hide_named(data["vars"], stage.secrets)
+    for host in data["hosts"]:
+        host["vars"] = _hide_named(host["vars"], stage.secrets)
+    return _mask_data(data, secret_values(stage, environ=environ))
