@@ -152,13 +152,14 @@ def local_spawner(
     shipit_command: str | list[str],
     store_url: str,
     *,
-    host: str,
     log_dir: str,
+    host: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Spawn:
     """Spawn `<shipit> job run --continues RUN --store URL --host HOST` detached on this machine:
     own session (a dying agent or SSH channel does not take it down), stdin /dev/null, output
-    appended to `<log_dir>/<run id>.log`. The supervisor resolves the run's cwd (typically
+    appended to `<log_dir>/<old run id>.next.log`. `host` (default: the
+    run's own) is the name the new run is recorded under. The supervisor resolves the run's cwd (typically
     .../current) itself once the gate is open, so the job runs the new release."""
     argv = shlex.split(shipit_command) if isinstance(shipit_command, str) else list(shipit_command)
 
@@ -169,7 +170,8 @@ def local_spawner(
         cwd = run.cwd if run.cwd and os.path.isdir(run.cwd) else log_dir
         try:
             proc = subprocess.Popen(
-                [*argv, "job", "run", "--continues", run.id, "--store", store_url, "--host", host],
+                [*argv, "job", "run", "--continues", run.id, "--store", store_url,
+                 "--host", host or run.host],
                 cwd=cwd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
                 start_new_session=True, close_fds=True, env={**os.environ, **(env or {})},
             )

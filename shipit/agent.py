@@ -1,0 +1,353 @@
+"""`shipit agent OP`: the host agent the deploy runs over SSH for per-host stores.
+
+Protocol (docs/ARCHITECTURE.md "The host agent"): one JSON object on stdin (options and secrets,
+such as a DSN, which never go on a command line), JSON lines on stdout: `{"event": kind, ...}`
+as things happen, then `{"result": ...}` and exit 0; on a user-facing error
+`{"error": msg, "exit_code": n}` and that exit code.
+
+Lean on purpose (run once per host per phase): no click, rich, fabric or paramiko here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+from shipit.errors import ShipitError, UsageError
+from shipit.gate.base import ACTIVE_STATES, ALL_STATES, RESTARTABLE_STATES, WAITING, Run, Store
+
+OPS = ("drain", "renew", "restart", "reconcile", "close", "open", "status", "list", "show")
+
+
+class RequesterGone(Exception):
+    """stdout is gone: whoever asked for this op (the deploy) has disappeared."""
+
+
+class Out:
+    """JSON lines on stdout, one writer at a time, flushed per line so the deploy sees progress."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+        self.gone = False
+
+    def line(self, obj: dict[str, Any]) -> None:
+        text = json.dumps(obj, default=str, separators=(",", ":")) + "\n"
+        with self.lock:
+            if self.gone:
+                raise RequesterGone()
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self.gone = True
+                raise RequesterGone() from None
+
+    def event(self, kind: str, *, host: str | None = None, message: str = "", **data: Any) -> None:
+        obj: dict[str, Any] = {"event": kind, **data}
+        if host is not None:
+            obj["host"] = host
+        if message:
+            obj["message"] = message
+        self.line(obj)
+
+
+def read_options(stream: IO[str]) -> dict[str, Any]:
+    """The first line is the JSON object; tolerate a pretty-printed object sent without a newline
+    by reading on until it parses (or EOF)."""
+    text = stream.readline()
+    while True:
+        if not text.strip():
+            return {}
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            more = stream.readline()
+            if not more:
+                raise UsageError("agent: stdin is not one JSON object") from None
+            text += more
+            continue
+        if not isinstance(obj, dict):
+            raise UsageError("agent: stdin must be a JSON object")
+        return obj
+
+
+def _store(opts: dict[str, Any]) -> Store:
+    from shipit.gate.url import open_store
+
+    url = opts.get("store") or os.environ.get("SHIPIT_STORE") or ""
+    if not url:
+        raise UsageError("agent: no store given (option 'store' or SHIPIT_STORE)")
+    dsn = opts.get("dsn")
+    if dsn and url in ("postgres", "postgresql"):
+        url = dsn
+    try:
+        return open_store(url)
+    except ShipitError:
+        raise
+    except (OSError, ValueError) as exc:
+        from shipit.errors import StoreUnavailable
+
+        raise StoreUnavailable(f"cannot open the job store: {exc}") from None
+
+
+def _log_dir(opts: dict[str, Any]) -> str:
+    if opts.get("log_dir"):
+        return str(opts["log_dir"])
+    url = str(opts.get("store") or "")
+    if url.startswith("file:"):
+        return os.path.join(url[len("file:"):], "logs")
+    if url.startswith("sqlite:"):
+        return os.path.join(os.path.dirname(url[len("sqlite:"):]), "logs")
+    deploy_to = opts.get("deploy_to") or "/tmp"
+    return os.path.join(str(deploy_to), "shared", "shipit", "logs")
+
+
+def _spawner(opts: dict[str, Any]) -> Callable[[Run], dict[str, Any]]:
+    from shipit.jobs.restart import local_spawner
+
+    command = opts.get("shipit_command") or [sys.executable, "-m", "shipit"]
+    env: dict[str, str] = {}
+    if opts.get("dsn"):
+        # The spawned supervisor finds the DSN the way every shipit process does: in the env var
+        # SHIPIT_DSN_ENV names. Never on its command line.
+        var = str(opts.get("dsn_env") or "SHIPIT_DSN")
+        env = {var: str(opts["dsn"]), "SHIPIT_DSN_ENV": var}
+    return local_spawner(command, str(opts.get("store")), log_dir=_log_dir(opts), env=env)
+
+
+def _runs_from(opts: dict[str, Any]) -> list[Run]:
+    from shipit.gate.base import Run as RunType
+
+    fields = set(RunType.__dataclass_fields__)
+    runs = []
+    for d in opts.get("runs") or []:
+        kw = {k: v for k, v in d.items() if k in fields}
+        kw["command"] = tuple(kw.get("command") or ())
+        kw["env"] = dict(kw.get("env") or {})
+        runs.append(RunType(**kw))
+    return runs
+
+
+def public_run(run: Run, *, checkpoint: bool = False) -> dict[str, Any]:
+    """A run as shown to users: env values masked (they may be secrets), checkpoint on request."""
+    d = run.to_dict()
+    d["env"] = sorted(run.env)
+    if not checkpoint:
+        d["checkpoint"] = None if run.checkpoint is None else "<saved>"
+    return d
+
+
+def _current(opts: dict[str, Any]) -> str | None:
+    deploy_to = opts.get("deploy_to")
+    if not deploy_to:
+        return None
+    try:
+        return os.path.basename(os.readlink(os.path.join(str(deploy_to), "current")))
+    except OSError:
+        return None
+
+
+# -- ops ------------------------------------------------------------------------------------------
+
+
+def op_drain(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    from shipit.jobs.drain import drain
+
+    host = opts.get("host")
+    if opts.get("reconcile", True):
+        _reconcile_first(store, opts, out)
+    ttl = float(opts.get("ttl", 60.0))
+    result = drain(
+        store,
+        holder=str(opts.get("holder") or "shipit"),
+        deploy_id=str(opts.get("deploy_id") or ""),
+        reason=str(opts.get("reason") or "deploy"),
+        ttl=ttl,
+        timeout=float(opts.get("timeout", 300.0)),
+        policy=str(opts.get("policy") or "terminate"),
+        grace=float(opts.get("grace", 10.0)),
+        host=None,
+        emit=_host_emit(out, host),
+        renew_every=opts.get("renew_every"),
+        max_wait=float(opts.get("max_wait", 3600.0)),
+        lock_wait=float(opts.get("lock_wait", 0.0)),
+        force=bool(opts.get("force", False)),
+        keepalive=lambda: out.line({"event": "tick"}),
+    )
+    return result.to_dict()
+
+
+def _host_emit(out: Out, host: str | None) -> Callable[..., None]:
+    """Events name the host the deploy knows this machine as (not the run's recorded name)."""
+
+    def emit(kind: str, **data: Any) -> None:
+        data.pop("host", None)
+        out.event(kind, host=host, **data)
+
+    return emit
+
+
+def _reconcile_first(store: Store, opts: dict[str, Any], out: Out) -> None:
+    """Leftovers of a killed deploy are restarted before we close: if the gate is still held,
+    close_gate reports that properly."""
+    from shipit.errors import GateHeld
+    from shipit.jobs.reconcile import reconcile
+
+    with contextlib.suppress(GateHeld):
+        reconcile(
+            store, actor=str(opts.get("holder") or "shipit"), spawn=_spawner(opts),
+            definitions=opts.get("definitions"), max_restarts=int(opts.get("max_restarts", 5)),
+            emit=_host_emit(out, opts.get("host")),
+        )
+
+
+def op_renew(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    lease = store.renew(int(opts["epoch"]), float(opts.get("ttl", 60.0)))
+    return {"lease": lease.to_dict()}
+
+
+def op_restart(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    from shipit.jobs.restart import restart
+
+    epoch = opts.get("epoch")
+    if epoch is None:
+        raise UsageError("agent restart: option 'epoch' is required")
+    outcomes = restart(
+        store, epoch=int(epoch), actor=str(opts.get("actor") or "shipit"),
+        recorded=_runs_from(opts), spawn=_spawner(opts), definitions=opts.get("definitions"),
+        max_restarts=int(opts.get("max_restarts", 5)), emit=_host_emit(out, opts.get("host")),
+        reopen_gate=bool(opts.get("reopen", True)),
+    )
+    return {"lease": store.gate().to_dict(), "outcomes": outcomes}
+
+
+def op_reconcile(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    from shipit.jobs.reconcile import reconcile
+
+    return reconcile(
+        store, actor=str(opts.get("actor") or "shipit"), spawn=_spawner(opts),
+        definitions=opts.get("definitions"), max_restarts=int(opts.get("max_restarts", 5)),
+        emit=_host_emit(out, opts.get("host")),
+    )
+
+
+def op_close(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    from shipit.jobs.drain import close_gate
+
+    lease = close_gate(
+        store, holder=str(opts.get("holder") or "shipit"),
+        deploy_id=str(opts.get("deploy_id") or ""), reason=str(opts.get("reason") or ""),
+        ttl=float(opts.get("ttl", 60.0)), lock_wait=float(opts.get("lock_wait", 0.0)),
+        force=bool(opts.get("force", False)),
+    )
+    return {"lease": lease.to_dict()}
+
+
+def op_open(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    epoch = opts.get("epoch")
+    lease = store.open_gate(
+        None if epoch is None else int(epoch), actor=str(opts.get("actor") or "shipit"),
+        force=bool(opts.get("force", False)),
+    )
+    return {"lease": lease.to_dict()}
+
+
+def op_status(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    from shipit.jobs.drain import run_info
+
+    now = time.time()
+    lease = store.gate()
+    wanted = (*ACTIVE_STATES, WAITING, *RESTARTABLE_STATES)
+    runs = store.list_runs(states=wanted, limit=int(opts.get("limit", 200)))
+    shown = []
+    for r in runs:
+        info = run_info(r, now)
+        info["host"] = r.host
+        if r.state in ACTIVE_STATES:
+            info["alive"] = store.is_alive(r)
+        shown.append(info)
+    return {
+        "gate": {**lease.to_dict(), "closed": lease.is_closed(now)},
+        "runs": shown,
+        "current": _current(opts),
+        "now": now,
+    }
+
+
+def op_list(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    state = opts.get("state")
+    if state and state not in ALL_STATES:
+        raise UsageError(f"unknown run state {state!r} (use one of {', '.join(ALL_STATES)})")
+    runs = store.list_runs(states=[state] if state else None, limit=int(opts.get("limit", 100)))
+    return {"runs": [public_run(r) for r in runs]}
+
+
+def op_show(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    run_id = str(opts.get("run") or "")
+    try:
+        run = store.get_run(run_id)
+    except KeyError:
+        raise UsageError(f"no run {run_id!r} in this store") from None
+    return {"run": public_run(run, checkpoint=True)}
+
+
+_OPS: dict[str, Callable[[Store, dict[str, Any], Out], dict[str, Any]]] = {
+    "drain": op_drain, "renew": op_renew, "restart": op_restart, "reconcile": op_reconcile,
+    "close": op_close, "open": op_open, "status": op_status, "list": op_list, "show": op_show,
+}
+
+
+def main(argv: list[str] | None = None, *, stdin: IO[str] | None = None,
+         stdout: IO[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = Out(stdout or sys.stdout)
+    try:
+        if not args or args[0] not in _OPS:
+            raise UsageError(f"usage: shipit agent {{{','.join(OPS)}}} < options.json")
+        opts = read_options(stdin or sys.stdin)
+        store = _store(opts)
+        try:
+            result = _OPS[args[0]](store, opts, out)
+        finally:
+            store.close()
+        out.line({"result": result})
+        return 0
+    except RequesterGone:
+        # The deploy vanished: we stopped renewing by leaving; the lease expires within its TTL.
+        _silence_stdout()
+        return 1
+    except ShipitError as exc:
+        return _fail(out, str(exc), exc.exit_code, exc)
+    except KeyboardInterrupt:
+        return _fail(out, "interrupted", 130, None)
+
+
+def _fail(out: Out, message: str, code: int, exc: BaseException | None) -> int:
+    obj: dict[str, Any] = {"error": message, "exit_code": code}
+    lease = getattr(exc, "lease", None)
+    if lease is not None and hasattr(lease, "to_dict"):
+        obj["lease"] = lease.to_dict()
+    recorded = getattr(exc, "recorded", None)
+    if recorded:
+        obj["recorded"] = [r.to_dict() for r in recorded]
+    try:
+        out.line(obj)
+    except RequesterGone:
+        _silence_stdout()
+    return code
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout again at exit; with the reader gone that would print a traceback.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
