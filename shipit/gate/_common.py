@@ -62,6 +62,36 @@ def check_schema(version: int, where: str) -> None:
         )
 
 
+def lease_from(values: Mapping[str, Any], where: str) -> Lease:
+    """A Lease from stored values, or CorruptState: an unreadable gate must never read as open."""
+    try:
+        lease = Lease(
+            state=str(values["state"]), epoch=_int(values["epoch"]), holder=str(values["holder"]),
+            reason=str(values["reason"]), deploy_id=str(values["deploy_id"]),
+            created_at=_num(values["created_at"]), expires_at=_num(values["expires_at"]),
+        )
+        if lease.state not in ("open", "closed"):
+            raise ValueError(f"state {lease.state!r}")
+        return lease
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptState(
+            f"{where}: the gate is unreadable ({e}); claims are refused until it is repaired "
+            "with a forced open or close"
+        ) from None
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"epoch {v!r}")
+    return v
+
+
+def _num(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TypeError(f"time {v!r}")
+    return float(v)
+
+
 # -- lease rules (identical across backends) -----------------------------------------------------
 
 

@@ -126,9 +126,22 @@ class SQLiteStore(Store):
             except sqlite3.DatabaseError as e:
                 raise CorruptState(f"{self.path}: {e}") from None
 
-    @staticmethod
-    def _lease(row: sqlite3.Row) -> Lease:
-        return Lease(*(row[k] for k in c.LEASE_FIELDS))
+    def _lease(self, row: sqlite3.Row) -> Lease:
+        return c.lease_from({k: row[k] for k in c.LEASE_FIELDS}, f"{self.path} (gate)")
+
+    def _gate_for_change(self, db: Any, force: bool) -> Lease:
+        try:
+            return self._gate(db)
+        except CorruptState:
+            if not force:
+                raise
+            # Forced over an unreadable gate: continue above every epoch seen so that no old
+            # holder's epoch can match again.
+            top = db.execute(
+                "SELECT max(e) FROM (SELECT max(epoch) AS e FROM runs "
+                "UNION ALL SELECT max(epoch) FROM audit WHERE typeof(epoch) = 'integer')"
+            ).fetchone()[0]
+            return Lease("closed", int(top or 0), "?", "unreadable gate", "?", 0.0, float("inf"))
 
     def _gate(self, db: Any) -> Lease:
         return self._lease(db.execute("SELECT * FROM gate WHERE id = 1").fetchone())
@@ -161,7 +174,7 @@ class SQLiteStore(Store):
     ) -> Lease:
         with self._tx() as db:
             lease, action = c.closed_lease(
-                self._gate(db), holder=holder, deploy_id=deploy_id, reason=reason, ttl=ttl,
+                self._gate_for_change(db, force), holder=holder, deploy_id=deploy_id, reason=reason, ttl=ttl,
                 now=time.time(), force=force,
             )
             self._put_gate(db, lease)
@@ -186,7 +199,7 @@ class SQLiteStore(Store):
 
     def open_gate(self, epoch: int | None, *, actor: str, force: bool = False) -> Lease:
         with self._tx() as db:
-            lease, action = c.opened_lease(self._gate(db), epoch, time.time(), force)
+            lease, action = c.opened_lease(self._gate_for_change(db, force), epoch, time.time(), force)
             if action:
                 self._put_gate(db, lease)
                 self._audit(db, action, actor, lease.epoch, "", force)
