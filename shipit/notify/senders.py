@@ -6,11 +6,12 @@ can help (a 500 or a timeout can, a 404 cannot).
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.request
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from shipit.config.model import NotifyTarget
 from shipit.errors import ConfigError
@@ -40,12 +41,15 @@ class WebhookSender:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"{where}: webhook must be an http:// or https:// URL")
+        self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        if parts.username is not None:
+            # urllib cannot send userinfo itself (http.client takes it for part of the host).
+            creds = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self._headers["Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
+            netloc = parts.netloc.rsplit("@", 1)[1]
+            url = urlunsplit(parts._replace(netloc=netloc))
+        self._headers.update(headers)
         self._url = url
-        self._headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            **headers,
-        }
         self._opener = urllib.request.build_opener(_NoRedirect)
 
     def send(self, payload: dict[str, Any], title: str, body: str, timeout: float) -> None:
