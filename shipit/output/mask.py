@@ -12,7 +12,7 @@ from typing import Any
 
 from shipit.events import Event
 
-MASK = "****"
+MASK = "********"  # the same as shipit.config.secrets.MASK
 
 
 def _fallback_mask(text: str, secrets: Iterable[str]) -> str:
