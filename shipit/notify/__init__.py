@@ -9,6 +9,6 @@ See docs/notifications.md.
 """
 
 from shipit.notify.notifier import Notifier
-from shipit.notify.targets import DEFAULT_EVENTS, targets_for, wants
+from shipit.notify.targets import DEFAULT_EVENTS, origin_for, targets_for, wants
 
-__all__ = ["DEFAULT_EVENTS", "Notifier", "targets_for", "wants"]
+__all__ = ["DEFAULT_EVENTS", "Notifier", "origin_for", "targets_for", "wants"]

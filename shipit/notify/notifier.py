@@ -144,7 +144,8 @@ class Notifier:
     targets: from `targets_for(config, stage)`. secrets: secret VALUES, masked everywhere in
     what is sent. source: facts every payload carries (stage, application, deploy_id, actor;
     dry_run=True silences the notifier). Invalid targets raise ConfigError here, before the
-    deploy starts, rather than failing silently later.
+    deploy starts, rather than failing silently later; `origin` (see `origin_for`) says where
+    the targets are written so those errors name the key.
     """
 
     def __init__(
@@ -155,6 +156,7 @@ class Notifier:
         source: dict[str, Any],
         bus: EventBus | None = None,
         queue_size: int = 200,
+        origin: str = "notify",
     ) -> None:
         self._masker = Masker(secrets)
         self._source = dict(source)
@@ -170,7 +172,7 @@ class Notifier:
         self.failures: list[dict[str, Any]] = []
         self.delivered = 0
         self._workers = [
-            _Worker(self, t, make_sender(t, f"notify[{i}] ({label(t)})"), i)
+            _Worker(self, t, make_sender(t, f"{origin}[{i}] ({label(t)})"), i)
             for i, t in enumerate(targets)
         ]
 

@@ -56,7 +56,9 @@ def redact_url(url: str, *, keep_host: bool = True) -> str:
         parts = urlsplit(url)
     except ValueError:
         return MASK
-    scheme = parts.scheme or "?"
+    scheme = parts.scheme
+    if not scheme:
+        return "…"
     if not keep_host:
         return f"{scheme}://…"
     try:

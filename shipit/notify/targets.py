@@ -40,6 +40,17 @@ def targets_for(config: Config, stage_name: str) -> tuple[NotifyTarget, ...]:
     return tuple(config.notify)
 
 
+def origin_for(config: Config, stage_name: str) -> str:
+    """Where a stage's targets are written, for error messages (`shipit.yaml: stages.prod.notify`)."""
+    stage = config.stages.get(stage_name)
+    key = (
+        f"stages.{stage_name}.notify"
+        if stage is not None and stage.notify is not None
+        else "notify"
+    )
+    return f"{config.config_path}: {key}"
+
+
 def wants(target: NotifyTarget, event: Event) -> bool:
     """Does this target want this event? Filters accept exact kinds, globs (`job.*`) and
     `deploy.<outcome>` (e.g. `deploy.failed`) for a deploy.finished with that outcome."""
