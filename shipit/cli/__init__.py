@@ -57,7 +57,10 @@ def _passthrough(name: str, target: str, help_text: str) -> click.Command:
         import importlib
 
         module, func = target.rsplit(":", 1)
-        code = getattr(importlib.import_module(module), func)(list(args))
+        try:
+            code = getattr(importlib.import_module(module), func)(list(args))
+        except SystemExit as exc:  # argparse exits for --help and usage errors
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
         ctx.exit(int(code or 0))
 
     return command
