@@ -4,6 +4,7 @@ Every mistake becomes one `ConfigError` line naming the file as the user gave it
 and the dotted key: `shipit.yaml:12: stages.prod.hosts[1].prot: unknown key (did you mean
 'port'?)`. Interpolation: `${VAR}` and `${VAR:-default}` in string values come from the
 environment (`$$` is a literal `$`; a lone `$NAME` is left alone for the remote shell).
+Top-level keys starting with `x-` are ignored: a place for YAML anchors (`&defaults`).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def load_config(path: Path | str, *, environ: Mapping[str, str] | None = None) -
             f"{shown}:{lines.line(()) or 1}: the top level must be a mapping of settings"
             f" (application:, source:, stages: ...), got {describe(data)}"
         )
+    # docker-compose's convention: top-level `x-...` keys hold YAML anchors to reuse elsewhere.
+    data = {k: v for k, v in data.items() if not k.startswith("x-")}
     if "config_path" in data:
         raise ConfigError(f"{lines.where(('config_path',))}: config_path: unknown key")
     try:

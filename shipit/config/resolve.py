@@ -139,7 +139,13 @@ def _hosts(
         if identity in seen:
             first = stage.hosts[seen[identity]]
             first_name = first if isinstance(first, str) else first.host
-            raise _fail(lines, path, f"host {addr.name!r} is listed twice (also as {first_name!r})")
+            first_line = lines.line(("stages", name, "hosts", seen[identity]))
+            on_line = f" on line {first_line}" if first_line else ""
+            raise _fail(
+                lines,
+                path,
+                f"host {addr.name!r} is listed twice (first as {first_name!r}{on_line})",
+            )
         seen[identity] = index
         entry_roles = list(entry.roles) if isinstance(entry, HostEntry) else []
         entry_vars = entry.vars if isinstance(entry, HostEntry) else {}

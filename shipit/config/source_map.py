@@ -154,8 +154,9 @@ class _Builder:
         try:
             value = self.constructor.construct_object(node, deep=True)
         except Exception as exc:  # bad !!int, unknown tags...: any of PyYAML's constructors
+            reason = _problem(exc) if isinstance(exc, yaml.YAMLError) else str(exc)
             raise ConfigError(
-                one_line(f"{self.where(node, path)}: cannot read value: {exc}")
+                one_line(f"{self.where(node, path)}: cannot read value: {reason}")
             ) from None
         if isinstance(value, str):
             value = interpolate(value, self.environ, self.where(node, path))
@@ -210,9 +211,18 @@ class _Builder:
 
 
 def _problem(exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError):
-        return " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
-    return str(exc)
+    """PyYAML's problem first, then what it was reading and where that started."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc)
+    problem = exc.problem or "invalid YAML"
+    if exc.context:
+        started = exc.context_mark
+        same = started is None or (
+            exc.problem_mark is not None and started.line == exc.problem_mark.line
+        )
+        at = "" if same else f" started on line {started.line + 1}"
+        problem += f" ({exc.context}{at})"
+    return problem
 
 
 def read_yaml(text: str, file: str, environ: Mapping[str, str]) -> tuple[Any, LineMap]:
@@ -222,7 +232,10 @@ def read_yaml(text: str, file: str, environ: Mapping[str, str]) -> tuple[Any, Li
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(one_line(f"{file}{line}: {_problem(exc)}")) from None
+        problem = _problem(exc)
+        if exc.context == "expected a single document in the stream":
+            problem = "a second YAML document ('---') is not allowed here"
+        raise ConfigError(one_line(f"{file}{line}: {problem}")) from None
     except yaml.YAMLError as exc:  # ReaderError: a character YAML does not allow
         raise ConfigError(one_line(f"{file}: {exc}")) from None
     builder = _Builder(file, environ)
