@@ -4,4 +4,5 @@ thing (sshd, PostgreSQL, Redis) and FAIL (not skip) under CI=true when it cannot
 pytest_plugins = [
     "tests.harness.sshd",
     "tests.harness.postgres",
+    "tests.harness.redis",
 ]
