@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from shlex import quote as q
 
+from shipit.commands.release import shell_path
+
 
 def hook_command(command: str, env: Mapping[str, str], deploy_to: str, release_path: str | None) -> str:
     """Run the user's hook text with the SHIPIT_* environment.
@@ -15,6 +17,6 @@ def hook_command(command: str, env: Mapping[str, str], deploy_to: str, release_p
     """
     # Before the first deploy created deploy_to, the hook runs in the login directory.
     dirs = [release_path, deploy_to] if release_path else [deploy_to]
-    cd = "{ " + " || ".join(f"cd {q(x)}" for x in dirs) + " || :; } 2>/dev/null"
+    cd = "{ " + " || ".join(f"cd {shell_path(x)}" for x in dirs) + " || :; } 2>/dev/null"
     assigns = " ".join(f"{k}={q(str(v))}" for k, v in sorted(env.items()))
     return f"{cd} && env {assigns} sh -c {q(command)}"

@@ -28,6 +28,16 @@ def release_name(now: datetime | None = None) -> str:
     return now.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S%f")
 
 
+def shell_path(path: str) -> str:
+    """A path as shell text: quoted, except that a leading `~/` means the login's $HOME (a quoted
+    tilde would not expand, and deploy_to may be written `~/app`)."""
+    if "\n" in path:
+        raise ConfigError(f"path {path!r} contains a newline")
+    if path.startswith("~/"):
+        return f'"$HOME"/{q(path[2:])}'
+    return q(path)
+
+
 def _check_linked(path: str) -> str:
     norm = posixpath.normpath(path)
     if not path or path.startswith("/") or norm == "." or norm.startswith("..") or "/../" in f"/{norm}/":
@@ -46,11 +56,12 @@ def facts_command(
 
     Output lines: `@@shipit absent` (deploy_to missing, read-only mode), `@@shipit problem CODE [i]`,
     `@@shipit current NAME`, `@@shipit release NAME COMPLETE BAD REVISION`, `@@shipit end`.
+    `@@shipit path ABS` gives deploy_to with `~` expanded (uploads need it: SFTP does not expand).
     A release is complete once REVISION exists: prepare writes it last.
     """
     files = [_check_linked(f) for f in linked_files]
     dirs = [_check_linked(x) for x in linked_dirs]
-    lines = [f"d={q(deploy_to)}"]
+    lines = [f"d={shell_path(deploy_to)}", f"printf '{FACT_PREFIX}path %s\\n' \"$d\""]
     if create:
         # Linked dirs live in shared/ and are created for the user, like Capistrano does.
         targets = ["releases", "shared", ".shipit", *(f"shared/{x}" for x in dirs)]
@@ -94,11 +105,11 @@ def prepare_command(
     """
     lines = [
         "set -e",
-        f"d={q(deploy_to)}",
+        f"d={shell_path(deploy_to)}",
         f'r="$d"/releases/{q(release)}',
         'mkdir "$r"',
-        f'tar -xzf {q(archive)} -C "$r"',
-        f"rm -f {q(archive)}",
+        f'tar -xzf {shell_path(archive)} -C "$r"',
+        f"rm -f {shell_path(archive)}",
     ]
     for path, is_dir in [(_check_linked(f), False) for f in linked_files] + [
         (_check_linked(x), True) for x in linked_dirs
@@ -144,7 +155,7 @@ def switch_command(
     protected = "|".join(q(r) for r in [release, *keep])
     lines = [
         "set -e",
-        f"d={q(deploy_to)}",
+        f"d={shell_path(deploy_to)}",
         'cd "$d"',
         *_point_current(release),
         f"printf '%s\\n' {q(revlog_line)} >> revisions.log",
@@ -166,7 +177,7 @@ def switch_back_command(
 ) -> str:
     """Put `current` back on `to_release` (or remove it when there was none), mark `bad_release`
     with the bad marker so rollback skips it, and append the superseding deploy record."""
-    lines = ["set -e", f"d={q(deploy_to)}", 'cd "$d"']
+    lines = ["set -e", f"d={shell_path(deploy_to)}", 'cd "$d"']
     lines += _point_current(to_release) if to_release else ["rm -f current"]
     if bad_release:
         lines.append(f"[ ! -d releases/{q(bad_release)} ] || touch releases/{q(bad_release)}/{BAD_MARKER}")
@@ -180,18 +191,18 @@ def remove_partial_command(
     deploy_to: str, release: str | None, archive: str | None, *, record_json: str | None
 ) -> str:
     """Undo a release that never went live: its directory, the uploaded archive, plus the record."""
-    lines = [f"d={q(deploy_to)}"]
+    lines = [f"d={shell_path(deploy_to)}"]
     if release:
         lines.append(f'rm -rf "$d"/releases/{q(release)}')
     if archive:
-        lines.append(f"rm -f {q(archive)}")
+        lines.append(f"rm -f {shell_path(archive)}")
     if record_json:
         lines.append(f'[ ! -d "$d"/.shipit ] || {_append_history(record_json)}')
     return "\n".join(lines)
 
 
 def history_read_command(deploy_to: str, limit: int) -> str:
-    return f"tail -n {int(limit)} {q(deploy_to)}/{HISTORY_FILE} 2>/dev/null || true"
+    return f"tail -n {int(limit)} {shell_path(deploy_to)}/{HISTORY_FILE} 2>/dev/null || true"
 
 
 def revlog_deployed(branch: str | None, revision: str, release: str, actor: str) -> str:
@@ -208,7 +219,7 @@ def revlog_rolled_back(release: str, actor: str) -> str:
 def parse_facts(stdout: str) -> dict[str, object]:
     """Read facts_command output: {"absent", "problems": [(code, index)], "current",
     "releases": [{"name", "complete", "bad", "revision"}] oldest first, "complete_output"}."""
-    facts: dict[str, object] = {"absent": False, "problems": [], "current": None, "releases": []}
+    facts: dict[str, object] = {"absent": False, "problems": [], "current": None, "releases": [], "path": None}
     problems: list[tuple[str, int | None]] = []
     releases: list[dict[str, object]] = []
     ended = False
@@ -232,6 +243,8 @@ def parse_facts(stdout: str) -> dict[str, object]:
                     "revision": " ".join(words[4:]) if words[2] == "1" else None,
                 }
             )
+        elif kind == "path":
+            facts["path"] = " ".join(words[1:])
         elif kind == "end":
             ended = True
     releases.sort(key=lambda r: str(r["name"]))

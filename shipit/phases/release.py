@@ -28,6 +28,12 @@ def _host_current(ctx: DeployContext, host: Host) -> str | None:
     return ctx.facts.get(host.name, {}).get("current")
 
 
+def upload_path(ctx: DeployContext, host: Host) -> str:
+    """Where the archive goes on this host: absolute, because SFTP does not expand `~`."""
+    base = ctx.facts.get(host.name, {}).get("path") or ctx.stage.deploy_to
+    return archive_path(base, ctx.deploy_id)
+
+
 def _report_removed(ctx: DeployContext, host: Host, res: CommandResult | None) -> None:
     if res is None:
         return
@@ -40,12 +46,12 @@ def prepare(ctx: DeployContext) -> None:
     st = engine_state(ctx)
     stage = ctx.stage
     assert ctx.release and ctx.archive and ctx.revision
-    remote = archive_path(stage.deploy_to, ctx.deploy_id)
-    command = prepare_command(
-        stage.deploy_to, ctx.release, remote, ctx.revision, stage.linked_files, stage.linked_dirs
-    )
 
     def one(host: Host) -> None:
+        remote = upload_path(ctx, host)
+        command = prepare_command(
+            stage.deploy_to, ctx.release or "", remote, ctx.revision or "", stage.linked_files, stage.linked_dirs
+        )
         with critical(ctx):
             # Recorded before anything lands, so that recovery cleans up even half an upload.
             st.prepared.add(host.name)

@@ -9,7 +9,6 @@ runs on the failure path, so it never raises: it reports and returns the errors 
 from __future__ import annotations
 
 from shipit.commands.release import (
-    archive_path,
     remove_partial_command,
     revlog_rolled_back,
     switch_back_command,
@@ -20,6 +19,7 @@ from shipit.hosts.base import Host
 from shipit.hosts.fanout import FanOutError
 from shipit.phases.common import engine_state, mask, parallel, run, wait_idle
 from shipit.phases.context import DeployContext
+from shipit.phases.release import upload_path
 from shipit.phases.restart_jobs import recover_jobs
 
 # How long recovery waits for a prepare/switch still running in a thread after a Ctrl-C.
@@ -78,7 +78,7 @@ def rollback(ctx: DeployContext, *, outcome: str = "failed", error: str | None =
         command = remove_partial_command(
             ctx.stage.deploy_to,
             ctx.release if prepared else None,
-            archive_path(ctx.stage.deploy_to, ctx.deploy_id) if prepared else None,
+            upload_path(ctx, host) if prepared else None,
             record_json=record,
         )
         run(ctx, host, "rollback", command)

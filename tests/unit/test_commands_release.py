@@ -23,6 +23,7 @@ from shipit.commands.release import (
 from shipit.errors import ConfigError
 
 NASTY = "it's $(touch pwned) `touch pwned`\nnext"
+NASTY_PATH = "it's $(touch pwned) `touch pwned` x"  # paths cannot hold newlines
 
 
 def sh(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -43,6 +44,7 @@ def test_facts_command_exact() -> None:
     assert facts_command("/srv/my app", ["config/db.yml"], ["log"]) == "\n".join(
         [
             "d='/srv/my app'",
+            "printf '@@shipit path %s\\n' \"$d\"",
             "mkdir -p \"$d\"/releases \"$d\"/shared \"$d\"/.shipit \"$d\"/shared/log 2>/dev/null && chmod 700 \"$d\"/.shipit || echo '@@shipit problem create'",
             "test -w \"$d\" || echo '@@shipit problem unwritable'",
             "test -e \"$d\"/shared/config/db.yml || echo '@@shipit problem missing_file 0'",
@@ -68,7 +70,7 @@ def test_facts_read_only_form_creates_nothing(tmp_path: Path) -> None:
 
 
 def test_facts_reports_layout_and_problems(tmp_path: Path) -> None:
-    target = tmp_path / NASTY
+    target = tmp_path / NASTY_PATH
     script = facts_command(str(target), ["missing.env", NASTY], [NASTY + "dir"])
     facts = parse_facts(sh(script, tmp_path).stdout)
     assert facts["problems"] == [("missing_file", 0), ("missing_file", 1)]
@@ -85,6 +87,7 @@ def test_facts_reports_layout_and_problems(tmp_path: Path) -> None:
     (rel / "20260101000000000003" / ".shipit-bad").touch()
     (target / "current").symlink_to("releases/20260101000000000001")
     facts = parse_facts(sh(script, tmp_path).stdout)
+    assert facts["path"] == str(target)
     assert facts["current"] == "20260101000000000001"
     assert facts["releases"] == [
         {"name": "20260101000000000001", "complete": True, "bad": False, "revision": "abc123"},
@@ -227,3 +230,13 @@ def test_hook_command_exact_and_inert(tmp_path: Path) -> None:
     assert sh(real, tmp_path).returncode == 0
     assert (tmp_path / "out").read_text() == f"{NASTY}\n{tmp_path}\n"
     assert inert(tmp_path)
+
+
+def test_home_relative_deploy_to_expands_on_the_host(tmp_path: Path) -> None:
+    script = facts_command("~/my app", [], [])
+    assert script.splitlines()[0] == 'd="$HOME"/\'my app\''
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}, check=False)
+    assert parse_facts(res.stdout)["path"] == f"{tmp_path}/my app"
+    assert (tmp_path / "my app" / "releases").is_dir()
+    with pytest.raises(ConfigError):
+        facts_command("/srv/a\nb")
