@@ -79,6 +79,23 @@ def _reason(reason: object) -> str:
     return str(reason)
 
 
+def _apprise_reason(result: Any) -> str | None:
+    """apprise >= 2 returns a result carrying its log lines; its warnings say why a send
+    failed (and apprise keeps tokens out of them). Older versions return a plain bool."""
+    logs = getattr(result, "logs", None)
+    if not callable(logs):
+        return None
+    try:
+        lines = [
+            str(getattr(e, "message", ""))
+            for e in logs()
+            if str(getattr(e, "level", "")).upper().endswith(("WARNING", "ERROR"))
+        ]
+    except Exception:
+        return None
+    return lines[-1] if lines and lines[-1] else None
+
+
 _NOTIFY_TYPES = {"success": "success", "warning": "warning", "failure": "failure"}
 
 
@@ -122,11 +139,12 @@ class AppriseSender:
             raise SendError("apprise rejected the URL", retryable=False)
         kind = _NOTIFY_TYPES.get(str(payload.get("severity")), "info")
         try:
-            ok = client.notify(title=title, body=body, notify_type=kind)
+            result = client.notify(title=title, body=body, notify_type=kind)
         except Exception as exc:  # a plugin bug must not escape into the worker loop
             raise SendError(f"apprise error: {type(exc).__name__}") from None
-        if not ok:
-            raise SendError("apprise reported the notification as not delivered")
+        if not result:
+            why = _apprise_reason(result) or "the notification was not delivered"
+            raise SendError(f"apprise: {why}")
 
 
 def make_sender(target: NotifyTarget, where: str) -> Sender:

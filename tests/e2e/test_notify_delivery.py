@@ -406,3 +406,18 @@ def test_a_dry_run_notifies_nobody(hook: Hook) -> None:
     deploy_dry("deploy.finished", outcome="success")
     assert notifier.close(10) is True
     assert hook.at("/hook") == []
+
+
+def test_a_failing_apprise_target_is_retried_and_reported_with_apprise_reason(hook: Hook) -> None:
+    hook.statuses["/ap/T0KENPATH"] = [500, 500]
+    bus, notifier, failures = start(
+        [NotifyTarget(apprise=f"json://127.0.0.1:{hook.port}/ap/T0KENPATH", retries=1)]
+    )
+    bus.emit("deploy.started", deploy_id="d-42")
+    assert notifier.close(10) is True
+
+    assert len(hook.at("/ap/T0KENPATH")) == 2
+    (failed,) = failures.events
+    assert failed.message.startswith("notification about deploy.started to apprise json://…")
+    assert "after 2 attempts: apprise: " in failed.message and "500" in failed.message
+    assert "T0KENPATH" not in failed.message + json.dumps(failed.data)
