@@ -207,7 +207,7 @@ def releases_cmd(stage: str, as_json: bool) -> None:
 
 
 _HISTORY_COLUMNS = (
-    ("when", ("finished_at", "started_at", "ts", "when")),
+    ("when", ("finished", "started", "finished_at", "started_at", "ts", "when")),
     ("deploy", ("deploy_id", "id")),
     ("who", ("actor", "who")),
     ("revision", ("revision",)),

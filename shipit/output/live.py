@@ -186,26 +186,39 @@ class LiveRenderer(Renderer):
             return self._render(time.time())
 
     def _render(self, now: float) -> RenderableType:
-        hosts = Table(box=None, pad_edge=False, expand=False, show_edge=False)
-        hosts.add_column("host", style="bold", no_wrap=True)
-        for p in self.phase_order:
-            hosts.add_column(p, justify="center", no_wrap=True)
-        hosts.add_column("status", no_wrap=True)
-        hosts.add_column("last", overflow="ellipsis", no_wrap=True, max_width=60)
+        # Phases are one compact column of marks (named once in the header line) so that a
+        # narrow terminal squeezes only the free-text column, never the progress.
+        width = max([len(n) for n in self.hosts] + [4])
+        hosts = Table(box=None, pad_edge=False, show_edge=False, show_header=False)
+        hosts.add_column("host", style="bold", no_wrap=True, min_width=min(width, 40))
+        hosts.add_column("phases", no_wrap=True, min_width=2 * len(self.phase_order))
+        hosts.add_column("status", no_wrap=True, min_width=12)
+        hosts.add_column("last", overflow="ellipsis", no_wrap=True)
         for name, r in self.hosts.items():
-            marks: list[RenderableType] = [
-                r.spinner if r.phases.get(p) == "running" else _MARKS[r.phases.get(p, "pending")]
-                for p in self.phase_order
-            ]
+            marks = Text()
+            for i, p in enumerate(self.phase_order):
+                if i:
+                    marks.append(" ")
+                state = r.phases.get(p, "pending")
+                marks.append_text(r.spinner.render(now) if state == "running" else _MARKS[state])
             status = Text(r.status, style="red" if r.failed else "")
-            hosts.add_row(name, *marks, status, Text(r.last.splitlines()[0] if r.last else ""))
+            last = Text(r.last.splitlines()[0] if r.last else "", style="dim")
+            # rich shrinks every column of an over-wide table, host names included; cutting the
+            # free text to what is left keeps the other columns whole.
+            room = self.console.width - min(width, 40) - 2 * len(self.phase_order) - 12 - 6
+            last.truncate(max(room, 10), overflow="ellipsis")
+            hosts.add_row(name, marks, status, last)
+        legend = Text(" › ".join(self.phase_order), style="dim")
         parts: list[RenderableType] = [
             Text(f"{self.title}  {seconds(now - self.started_at)}", style="bold"),
+            legend,
             hosts,
         ]
         active = [j for j in self.jobs.values() if j.state in ("running", "stopping")]
-        if self.phase == "drain_jobs" or active:
+        if self.jobs and (self.phase == "drain_jobs" or active):
             parts.append(self._jobs_table(now))
+        elif self.phase == "drain_jobs":
+            parts.append(Text("jobs: none running", style="dim"))
         return Group(*parts)
 
     def _jobs_table(self, now: float) -> Table:

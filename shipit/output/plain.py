@@ -7,7 +7,7 @@ from typing import Any, TextIO
 
 from shipit.events import Event
 from shipit.output.base import Renderer
-from shipit.output.format import PHASES, line, seconds
+from shipit.output.format import PHASES, describe, prefix, seconds
 
 
 class PlainRenderer(Renderer):
@@ -32,7 +32,12 @@ class PlainRenderer(Renderer):
             return
         if event.kind == "log" and event.data.get("level") == "debug" and not self.verbose:
             return
-        self.write(line(event))
+        head = prefix(event)
+        # Multi-line text (a dry run's scripts, a traceback) keeps the prefix on every line so
+        # that grepping a CI log for one host finds all of its lines.
+        for i, part in enumerate(describe(event).splitlines() or [""]):
+            text = part if i == 0 else f"  {part}"
+            self.write(f"{head} {text}" if head else text)
 
     def finish(self, result: Any | None = None) -> None:
         with self.lock:
