@@ -78,12 +78,17 @@ def read_options(stream: IO[str]) -> dict[str, Any]:
         return obj
 
 
-def _store(opts: dict[str, Any]) -> Store:
+def _store(opts: dict[str, Any]) -> Store | None:
+    """The store, or None for a read-only op on a host where no store exists yet (a dry run or
+    `shipit status` must not create one)."""
     from shipit.gate.url import open_store
 
     url = opts.get("store") or os.environ.get("SHIPIT_STORE") or ""
     if not url:
         raise UsageError("agent: no store given (option 'store' or SHIPIT_STORE)")
+    local_path = url.split(":", 1)[1] if url.startswith(("file:", "sqlite:")) else None
+    if opts.get("readonly") and local_path is not None and not os.path.exists(local_path):
+        return None
     dsn = opts.get("dsn")
     if dsn and url in ("postgres", "postgresql"):
         url = dsn
@@ -304,6 +309,13 @@ _OPS: dict[str, Callable[[Store, dict[str, Any], Out], dict[str, Any]]] = {
 }
 
 
+# What read-only ops answer for a host that has no store yet.
+_EMPTY: dict[str, dict[str, Any]] = {
+    "status": {"gate": {"state": "open", "epoch": 0, "closed": False}, "runs": []},
+    "list": {"runs": []},
+}
+
+
 def main(argv: list[str] | None = None, *, stdin: IO[str] | None = None,
          stdout: IO[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
@@ -313,10 +325,14 @@ def main(argv: list[str] | None = None, *, stdin: IO[str] | None = None,
             raise UsageError(f"usage: shipit agent {{{','.join(OPS)}}} < options.json")
         opts = read_options(stdin or sys.stdin)
         store = _store(opts)
-        try:
-            result = _OPS[args[0]](store, opts, out)
-        finally:
-            store.close()
+        if store is None:
+            result = _EMPTY.get(args[0]) or {}
+            result = {**result, "current": _current(opts)} if args[0] == "status" else result
+        else:
+            try:
+                result = _OPS[args[0]](store, opts, out)
+            finally:
+                store.close()
         out.line({"result": result})
         return 0
     except RequesterGone:

@@ -1,0 +1,108 @@
+"""The deploy side of the host agent protocol: run `shipit agent OP` on a host, hand it its options
+(secrets included) on stdin, stream its events, return its result or raise its error.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from shipit.errors import (
+    CorruptState,
+    DeployFailed,
+    GateHeld,
+    HostError,
+    ShipitError,
+    StoreUnavailable,
+    UsageError,
+)
+from shipit.gate.base import Lease
+from shipit.hosts.base import Host
+
+OnEvent = Callable[[str, dict[str, Any]], None]
+
+
+class AgentError(ShipitError):
+    """The agent reported an error; carries what it knew (lease, recorded runs)."""
+
+    def __init__(self, message: str, exit_code: int, payload: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.payload = payload
+
+
+def agent_command(shipit_command: str, op: str) -> str:
+    # shipit_command is shell text from shipit.yaml (e.g. "/srv/venv/bin/shipit"), used as written;
+    # op is one of ours. Options and secrets go on stdin, never here.
+    return f"{shipit_command} agent {op}"
+
+
+def _error_for(host: str, payload: dict[str, Any]) -> ShipitError:
+    msg = f"[{host}] {payload.get('error') or 'agent failed'}"
+    code = int(payload.get("exit_code") or 1)
+    if code == GateHeld.exit_code and "lease" in payload:
+        return GateHeld(msg, Lease(**payload["lease"]))
+    by_code: dict[int, type[ShipitError]] = {
+        2: UsageError, 4: HostError, 5: StoreUnavailable,
+    }
+    cls = by_code.get(code)
+    if cls is not None and not payload.get("recorded"):
+        return cls(msg)
+    if code == CorruptState.exit_code and not payload.get("recorded"):
+        return CorruptState(msg)
+    return AgentError(msg, code, payload)
+
+
+def call_agent(
+    host: Host,
+    shipit_command: str,
+    op: str,
+    opts: dict[str, Any],
+    *,
+    on_event: OnEvent | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Run one agent op on `host`. Returns its result; raises GateHeld / StoreUnavailable / ...
+    (message prefixed with the host) or AgentError carrying the agent's payload."""
+    final: dict[str, Any] = {}
+    seen: list[bool] = []
+    lock = threading.Lock()
+
+    def streamed(text: str) -> None:
+        seen.append(True)
+        line(text)
+
+    def line(text: str) -> None:
+        text = text.strip()
+        if not text.startswith("{"):
+            return
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            return
+        if "event" in obj:
+            kind = obj.pop("event")
+            if kind != "tick" and on_event is not None:
+                on_event(kind, obj)
+            return
+        with lock:
+            final.update(obj)
+
+    command = agent_command(shipit_command, op)
+    res = host.run(command, check=False, timeout=timeout, stdin=json.dumps(opts) + "\n",
+                   on_line=streamed)
+    if not seen:
+        # Lines may also come only with the final stdout (transports without streaming).
+        for text in res.stdout.splitlines():
+            line(text)
+    if "result" in final and res.exit_code == 0:
+        return dict(final["result"] or {})
+    if "error" in final:
+        raise _error_for(host.name, final)
+    tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or [""]
+    raise DeployFailed(
+        f"[{host.name}] `{command}` failed with exit code {res.exit_code}: {tail[0]}"
+        " (is shipit installed there? see shipit_command)"
+    )
