@@ -76,7 +76,7 @@ class PgCluster:
             f.write(
                 f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
                 f"unix_socket_directories = '{self.root}'\nfsync = off\n"
-                "synchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\n"
+                "full_page_writes = off\nmax_connections = 300\n"
                 "shared_buffers = 32MB\n"
             )
 
@@ -87,6 +87,8 @@ class PgCluster:
         self._run(f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
 
     def restart(self) -> None:
+        # Immediate: a crash as far as clients are concerned. Committed data survives (fsync is
+        # off but the WAL reaches the OS; synchronous_commit stays on).
         self.stop("immediate")
         self.start()
 

@@ -1,0 +1,608 @@
+"""PostgreSQL job store (psycopg 3): one central store for every host of a stage.
+
+The barrier is an advisory lock K, transaction-level only (so it works through PgBouncer's
+transaction pooling):
+- a claim runs in a transaction holding `pg_try_advisory_xact_lock_shared(K)`, reads the gate
+  row and inserts its run; not granted means a close is in progress: the claim sees "closed";
+- the close takes `pg_advisory_xact_lock(K)`, which waits for every in-flight claim and (being
+  queued) makes new shared tries fail, flips the gate row (epoch+1), commits, then NOTIFY.
+When close_gate() returns, every claim that saw the gate open has committed.
+
+Times come from the server's clock. Liveness is a heartbeat fresher than `heartbeat_stale`.
+LISTEN/NOTIFY wakes waiters (listen first, then re-query, then wait). A connection that broke
+is replaced and the operation retried once; every operation is written so that a retry after
+a lost commit acknowledgement gives the same answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from shipit.errors import CorruptState, FencingError, StoreUnavailable
+from shipit.gate import _common as c
+from shipit.gate.base import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    RUNNING,
+    SCHEMA_VERSION,
+    STOP_REQUESTED,
+    WAITING,
+    AuditEntry,
+    ClaimSpec,
+    Lease,
+    Run,
+    Store,
+)
+from shipit.gate.url import redact
+
+T = TypeVar("T")
+
+GATE_KEY = 0x5348495049540001  # advisory lock: claims shared, close exclusive
+SCHEMA_KEY = 0x5348495049540002  # advisory lock: first-use schema creation
+GATE_CHANNEL = "shipit_gate"
+RUNS_CHANNEL = "shipit_runs"
+NOW = "extract(epoch from clock_timestamp())::float8"
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS shipit_schema (version integer NOT NULL);
+CREATE TABLE IF NOT EXISTS shipit_gate (
+  id integer PRIMARY KEY CHECK (id = 1), state text NOT NULL, epoch bigint NOT NULL,
+  holder text NOT NULL, reason text NOT NULL, deploy_id text NOT NULL,
+  created_at float8 NOT NULL, expires_at float8 NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shipit_runs (
+  seq bigserial, id text PRIMARY KEY, job text NOT NULL, host text NOT NULL,
+  command text NOT NULL, state text NOT NULL, attempt integer NOT NULL, key text, pid integer,
+  cwd text, env text NOT NULL, epoch bigint NOT NULL, created_at float8 NOT NULL,
+  started_at float8, finished_at float8, heartbeat_at float8, progress_done float8,
+  progress_total float8, checkpoint text, checkpoint_at float8, continues text,
+  restarts integer NOT NULL, exit_code integer, message text, stop_requested_at float8
+);
+CREATE INDEX IF NOT EXISTS shipit_runs_seq ON shipit_runs (seq);
+CREATE INDEX IF NOT EXISTS shipit_runs_state ON shipit_runs (state);
+CREATE INDEX IF NOT EXISTS shipit_runs_key ON shipit_runs (key) WHERE key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS shipit_restarts (
+  run_id text PRIMARY KEY, epoch bigint NOT NULL, ts float8 NOT NULL, token text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shipit_audit (
+  seq bigserial PRIMARY KEY, ts float8 NOT NULL, action text NOT NULL, actor text NOT NULL,
+  epoch bigint NOT NULL, reason text NOT NULL, forced boolean NOT NULL
+);
+INSERT INTO shipit_gate VALUES (1, 'open', 0, '', '', '', 0, 0) ON CONFLICT DO NOTHING;
+INSERT INTO shipit_schema SELECT {SCHEMA_VERSION} WHERE NOT EXISTS (SELECT 1 FROM shipit_schema);
+"""
+
+_COLS = sql.SQL(", ").join(sql.Identifier(k) for k in c.RUN_FIELDS)
+_SELECT_RUN = sql.SQL("SELECT {} FROM shipit_runs").format(_COLS)
+_FINAL = list(FINAL_STATES)
+
+
+class PostgresStore(Store):
+    kind = "postgres"
+    central = True
+
+    def __init__(
+        self, dsn: str, *, heartbeat_stale: float = 30.0, connect_timeout: float = 5.0,
+        close_wait: float = 30.0,
+    ) -> None:
+        self._dsn = dsn
+        self.heartbeat_stale = heartbeat_stale
+        self.connect_timeout = connect_timeout
+        self.close_wait = close_wait  # how long a close waits for in-flight claims
+        self._mu = threading.RLock()
+        self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._listen_mu = threading.Lock()
+        self._listener: psycopg.Connection[Any] | None = None
+        self._with_retry(self._init_schema)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact(self._dsn)!r})"
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _unavailable(self, e: BaseException) -> StoreUnavailable:
+        reason = redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        password = _password(self._dsn)
+        if password:
+            reason = reason.replace(password, "***")
+        return StoreUnavailable(f"cannot reach the job store: {reason}")
+
+    def _connect(self, **kw: Any) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(
+                self._dsn, connect_timeout=max(1, int(self.connect_timeout)),
+                application_name="shipit", **kw,
+            )
+        except psycopg.Error as e:
+            raise self._unavailable(e) from None
+
+    def _db(self) -> psycopg.Connection[dict[str, Any]]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = self._connect(row_factory=dict_row)
+        return self._conn
+
+    def _with_retry(self, fn: Callable[[psycopg.Cursor[dict[str, Any]]], T]) -> T:
+        """Run fn in one transaction. A broken connection is replaced and fn retried once:
+        every fn is safe to repeat after a commit whose acknowledgement was lost."""
+        for attempt in (1, 2):
+            with self._mu:
+                conn = self._db()
+                try:
+                    with conn.transaction(), conn.cursor() as cur:
+                        return fn(cur)
+                except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                    if isinstance(e, psycopg.errors.LockNotAvailable):
+                        raise StoreUnavailable(
+                            f"cannot close the gate: claims in flight did not finish within "
+                            f"{self.close_wait:g} s"
+                        ) from None
+                    if not conn.broken and not conn.closed:
+                        raise self._unavailable(e) from None
+                    self._conn = None
+                    if attempt == 2:
+                        raise self._unavailable(e) from None
+                except psycopg.DataError as e:
+                    raise CorruptState(f"job store {redact(self._dsn)}: {e}") from None
+        raise AssertionError("unreachable")
+
+    def _init_schema(self, cur: psycopg.Cursor[dict[str, Any]]) -> None:
+        # Serialised so that concurrent first uses do not race on CREATE TABLE.
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_KEY,))
+        cur.execute("SELECT to_regclass('shipit_schema') IS NOT NULL AS present")
+        row = cur.fetchone()
+        if not (row and row["present"]):
+            cur.execute(SCHEMA)
+        cur.execute("SELECT max(version) AS v FROM shipit_schema")
+        row = cur.fetchone()
+        c.check_schema(int(row["v"] if row and row["v"] is not None else 0), f"job store {redact(self._dsn)}")
+
+    @staticmethod
+    def _now(cur: psycopg.Cursor[dict[str, Any]]) -> float:
+        cur.execute(f"SELECT {NOW} AS now")
+        row = cur.fetchone()
+        assert row
+        return float(row["now"])
+
+    def _gate(self, cur: psycopg.Cursor[dict[str, Any]], lock: str = "") -> Lease:
+        cur.execute(f"SELECT * FROM shipit_gate WHERE id = 1 {lock}")
+        row = cur.fetchone()
+        if row is None:
+            raise CorruptState(f"job store {redact(self._dsn)}: the gate row is missing")
+        return c.lease_from(row, f"job store {redact(self._dsn)}")
+
+    def _gate_for_change(self, cur: psycopg.Cursor[dict[str, Any]], force: bool) -> Lease:
+        try:
+            return self._gate(cur, "FOR UPDATE")
+        except CorruptState:
+            if not force:
+                raise
+            cur.execute(
+                "SELECT greatest((SELECT max(epoch) FROM shipit_runs), "
+                "(SELECT max(epoch) FROM shipit_audit), 0) AS top"
+            )
+            row = cur.fetchone()
+            top = int(row["top"]) if row else 0
+            return Lease("closed", top, "?", "unreadable gate", "?", 0.0, float("inf"))
+
+    def _put_gate(self, cur: psycopg.Cursor[dict[str, Any]], lease: Lease) -> None:
+        cur.execute(
+            "UPDATE shipit_gate SET state=%s, epoch=%s, holder=%s, reason=%s, deploy_id=%s, "
+            "created_at=%s, expires_at=%s WHERE id = 1",
+            tuple(getattr(lease, k) for k in c.LEASE_FIELDS),
+        )
+        cur.execute("SELECT pg_notify(%s, %s)", (GATE_CHANNEL, str(lease.epoch)))
+
+    def _run(self, cur: psycopg.Cursor[dict[str, Any]], run_id: str, lock: str = "") -> Run:
+        cur.execute(_SELECT_RUN + sql.SQL(" WHERE id = %s " + lock), (run_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise KeyError(run_id)
+        return c.row_to_run(row, f"job store {redact(self._dsn)}")
+
+    def _audit(
+        self, cur: psycopg.Cursor[dict[str, Any]], action: str, actor: str, epoch: int,
+        reason: str, forced: bool,
+    ) -> None:
+        cur.execute(
+            f"INSERT INTO shipit_audit (ts, action, actor, epoch, reason, forced) "
+            f"VALUES ({NOW}, %s, %s, %s, %s, %s)",
+            (action, actor, epoch, reason, forced),
+        )
+
+    def _notify_run(self, cur: psycopg.Cursor[dict[str, Any]], run_id: str) -> None:
+        cur.execute("SELECT pg_notify(%s, %s)", (RUNS_CHANNEL, run_id))
+
+    # -- gate ---------------------------------------------------------------------------------
+    def gate(self) -> Lease:
+        return self._with_retry(self._gate)
+
+    def close_gate(
+        self, *, holder: str, deploy_id: str, reason: str, ttl: float, force: bool = False
+    ) -> Lease:
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> Lease:
+            cur.execute(f"SET LOCAL lock_timeout = '{int(self.close_wait * 1000)}ms'")
+            # Waits for every in-flight claim; queued, it also turns new shared tries away.
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (GATE_KEY,))
+            lease, action = c.closed_lease(
+                self._gate_for_change(cur, force), holder=holder, deploy_id=deploy_id,
+                reason=reason, ttl=ttl, now=self._now(cur), force=force,
+            )
+            self._put_gate(cur, lease)
+            if action:
+                self._audit(cur, action, holder, lease.epoch, reason, force)
+            return lease
+
+        return self._with_retry(tx)
+
+    def renew(self, epoch: int, ttl: float) -> Lease:
+        failure: list[FencingError] = []
+
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> Lease:
+            failure.clear()
+            current = self._gate(cur, "FOR UPDATE")
+            try:
+                lease = c.renewed_lease(current, epoch, ttl, self._now(cur))
+            except FencingError as e:
+                self._audit(cur, "renew-lost", current.holder, epoch, str(e), False)
+                failure.append(e)
+                return current
+            self._put_gate(cur, lease)
+            return lease
+
+        lease = self._with_retry(tx)
+        if failure:
+            raise failure[0]
+        return lease
+
+    def open_gate(self, epoch: int | None, *, actor: str, force: bool = False) -> Lease:
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> Lease:
+            lease, action = c.opened_lease(
+                self._gate_for_change(cur, force), epoch, self._now(cur), force
+            )
+            if action:
+                self._put_gate(cur, lease)
+                self._audit(cur, action, actor, lease.epoch, "", force)
+            return lease
+
+        return self._with_retry(tx)
+
+    def wait_gate_change(self, timeout: float) -> None:
+        deadline = time.monotonic() + max(0.0, timeout)
+        self._listen()  # listen first, then re-query: no change can slip in between
+        self._drain()
+        lease, now = self._with_retry(lambda cur: (self._gate(cur), self._now(cur)))
+        left = deadline - time.monotonic()
+        if lease.state == "closed":
+            if lease.expires_at <= now:
+                return
+            left = min(left, lease.expires_at - now)
+        self._wait_notify(left, None)
+
+    # -- job side -----------------------------------------------------------------------------
+    def claim(self, spec: ClaimSpec) -> Run | Lease:
+        run_id = c.new_run_id()
+        tried = False
+
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> Run | Lease:
+            nonlocal tried
+            if tried:
+                with contextlib.suppress(KeyError):
+                    return self._run(cur, run_id)  # our first commit went through after all
+            tried = True
+            cur.execute(
+                f"SELECT pg_try_advisory_xact_lock_shared(%s) AS granted, {NOW} AS now",
+                (GATE_KEY,),
+            )
+            row = cur.fetchone()
+            assert row
+            now = float(row["now"])
+            lease = self._gate(cur)
+            if not row["granted"]:
+                # A close is in progress: the gate is as good as closed.
+                return Lease(
+                    "closed", lease.epoch + 1, lease.holder, "a deploy is closing the gate",
+                    lease.deploy_id, now, now + 1.0,
+                )
+            if lease.is_closed(now):
+                return lease
+            if spec.key is not None:
+                self._check_key(cur, spec.key)
+            run = Run(
+                id=run_id, job=spec.job, host=spec.host, command=tuple(spec.command),
+                state=RUNNING, attempt=spec.attempt, key=spec.key, pid=spec.pid, cwd=spec.cwd,
+                env=dict(spec.env), epoch=lease.epoch, created_at=now, started_at=now,
+                heartbeat_at=now, continues=spec.continues, restarts=spec.restarts,
+            )
+            r = c.run_to_row(run)
+            cur.execute(
+                sql.SQL("INSERT INTO shipit_runs ({}) VALUES ({})").format(
+                    _COLS, sql.SQL(", ").join(sql.Placeholder() * len(c.RUN_FIELDS))
+                ),
+                tuple(r[k] for k in c.RUN_FIELDS),
+            )
+            return run
+
+        return self._with_retry(tx)
+
+    def _check_key(self, cur: psycopg.Cursor[dict[str, Any]], key: str) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", (f"shipit-key:{key}",))
+        cur.execute(
+            f"SELECT id, {NOW} - coalesce(heartbeat_at, created_at) AS age FROM shipit_runs "
+            "WHERE key = %s AND state = ANY(%s) FOR UPDATE",
+            (key, list(ACTIVE_STATES | {WAITING})),
+        )
+        for row in cur.fetchall():
+            if row["age"] < self.heartbeat_stale:
+                raise c.RunBusy(f"job key {key!r} is already running (run {row['id']})")
+            cur.execute(
+                f"UPDATE shipit_runs SET state = 'interrupted', finished_at = {NOW}, message = %s "
+                "WHERE id = %s",
+                ("heartbeat stale (found when the job key was claimed again)", row["id"]),
+            )
+
+    def heartbeat(
+        self, run_id: str, *, pid: int | None = None, progress: tuple[float, float] | None = None
+    ) -> bool:
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> bool:
+            cur.execute(
+                f"UPDATE shipit_runs SET heartbeat_at = {NOW}, pid = coalesce(%s, pid), "
+                "progress_done = coalesce(%s, progress_done), "
+                "progress_total = coalesce(%s, progress_total) WHERE id = %s RETURNING state",
+                (pid, *(progress or (None, None)), run_id),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise KeyError(run_id)
+            return bool(row["state"] == STOP_REQUESTED)
+
+        return self._with_retry(tx)
+
+    def save_checkpoint(self, run_id: str, state: Any) -> None:
+        data = c.encode_json(state)
+
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> None:
+            cur.execute(
+                f"UPDATE shipit_runs SET checkpoint = %s, checkpoint_at = {NOW} WHERE id = %s",
+                (data, run_id),
+            )
+            if cur.rowcount != 1:
+                raise KeyError(run_id)
+
+        self._with_retry(tx)
+
+    def finish(
+        self, run_id: str, state: str, exit_code: int | None = None, message: str | None = None
+    ) -> Run:
+        c.check_final(state)
+
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> Run:
+            cur.execute(
+                f"UPDATE shipit_runs SET state = %s, finished_at = {NOW}, exit_code = %s, "
+                "message = %s WHERE id = %s AND NOT (state = ANY(%s))",
+                (state, exit_code, message, run_id, _FINAL),
+            )
+            self._notify_run(cur, run_id)
+            return self._run(cur, run_id)
+
+        return self._with_retry(tx)
+
+    def release_run_lock(self, run_id: str) -> None:
+        """Nothing to release: liveness here is the heartbeat."""
+
+    # -- deploy side --------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> Run:
+        return self._with_retry(lambda cur: self._run(cur, run_id))
+
+    def list_runs(
+        self, states: Iterable[str] | None = None, host: str | None = None, limit: int | None = None
+    ) -> list[Run]:
+        where: list[sql.Composable] = []
+        args: list[Any] = []
+        if states is not None:
+            where.append(sql.SQL("state = ANY(%s)"))
+            args.append(list(states))
+        if host is not None:
+            where.append(sql.SQL("host = %s"))
+            args.append(host)
+        q = _SELECT_RUN
+        if where:
+            q = q + sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where)
+        q = q + sql.SQL(" ORDER BY seq DESC")
+        if limit is not None:
+            q = q + sql.SQL(" LIMIT {}").format(sql.Literal(int(limit)))
+
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> list[Run]:
+            cur.execute(q, args)
+            where_ = f"job store {redact(self._dsn)}"
+            return [c.row_to_run(r, where_) for r in cur.fetchall()]
+
+        return self._with_retry(tx)
+
+    def request_stop(self, run_id: str, epoch: int) -> None:
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> None:
+            lease = self._gate(cur, "FOR SHARE")
+            if not (lease.is_closed(self._now(cur)) and lease.epoch == epoch):
+                raise FencingError(
+                    f"cannot stop run {run_id}: the gate is not closed at epoch {epoch} "
+                    f"(it is {lease.state} at epoch {lease.epoch})"
+                )
+            self._run(cur, run_id)
+            cur.execute(
+                f"UPDATE shipit_runs SET state = %s, stop_requested_at = {NOW} "
+                "WHERE id = %s AND state = %s",
+                (STOP_REQUESTED, run_id, RUNNING),
+            )
+
+        self._with_retry(tx)
+
+    def is_alive(self, run: Run) -> bool:
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> bool:
+            cur.execute(
+                f"SELECT state, {NOW} - coalesce(heartbeat_at, created_at) AS age "
+                "FROM shipit_runs WHERE id = %s",
+                (run.id,),
+            )
+            row = cur.fetchone()
+            if row is None or row["state"] in FINAL_STATES:
+                return False
+            return bool(row["age"] < self.heartbeat_stale)
+
+        return self._with_retry(tx)
+
+    def mark_interrupted(self, run_id: str, message: str) -> Run:
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> Run:
+            run = self._run(cur, run_id, "FOR UPDATE")
+            if run.state in FINAL_STATES:
+                return run
+            cur.execute(
+                f"UPDATE shipit_runs SET state = 'interrupted', finished_at = {NOW}, message = %s "
+                f"WHERE id = %s AND {NOW} - coalesce(heartbeat_at, created_at) >= %s",
+                (message, run_id, self.heartbeat_stale),
+            )
+            if cur.rowcount != 1:
+                raise FencingError(f"run {run_id} is still alive: not marking it interrupted")
+            self._notify_run(cur, run_id)
+            return self._run(cur, run_id)
+
+        return self._with_retry(tx)
+
+    def wait_runs_change(self, run_ids: Iterable[str], timeout: float) -> None:
+        ids = list(run_ids)
+        deadline = time.monotonic() + max(0.0, timeout)
+        if not ids:
+            return
+        self._listen()
+        while True:
+            self._drain()  # stale notifications must not cut this wait short
+
+            def tx(cur: psycopg.Cursor[dict[str, Any]]) -> float | None:
+                cur.execute(
+                    f"SELECT state, %s - ({NOW} - coalesce(heartbeat_at, created_at)) AS fresh "
+                    "FROM shipit_runs WHERE id = ANY(%s)",
+                    (self.heartbeat_stale, ids),
+                )
+                rows = cur.fetchall()
+                if len(rows) < len(ids) or any(
+                    r["state"] in FINAL_STATES or r["fresh"] <= 0 for r in rows
+                ):
+                    return None
+                return float(min(r["fresh"] for r in rows))
+
+            fresh_for = self._with_retry(tx)
+            left = deadline - time.monotonic()
+            if fresh_for is None or left <= 0:
+                return
+            # Wake at the soonest heartbeat staleness too: a killed job sends no NOTIFY.
+            if self._wait_notify(min(left, fresh_for + 0.01), set(ids)):
+                return
+
+    def claim_restart(self, run_id: str, epoch: int) -> bool:
+        token = secrets.token_hex(8)
+
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> bool:
+            lease = self._gate(cur, "FOR SHARE")
+            if lease.epoch != epoch:
+                raise FencingError(
+                    f"cannot restart run {run_id}: the gate is at epoch {lease.epoch}, not {epoch}"
+                )
+            cur.execute(
+                f"INSERT INTO shipit_restarts (run_id, epoch, ts, token) VALUES (%s, %s, {NOW}, %s) "
+                "ON CONFLICT (run_id) DO NOTHING",
+                (run_id, epoch, token),
+            )
+            if cur.rowcount == 1:
+                self._audit(cur, "restart", lease.holder or "shipit", epoch, f"run {run_id}", False)
+                return True
+            # A retry after our own commit was lost finds our token: we did win.
+            cur.execute("SELECT token FROM shipit_restarts WHERE run_id = %s", (run_id,))
+            row = cur.fetchone()
+            return bool(row and row["token"] == token)
+
+        return self._with_retry(tx)
+
+    def audit(self, action: str, actor: str, epoch: int, reason: str = "", forced: bool = False) -> None:
+        self._with_retry(lambda cur: self._audit(cur, action, actor, epoch, reason, forced))
+
+    def audit_log(self, limit: int = 50) -> list[AuditEntry]:
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> list[AuditEntry]:
+            cur.execute(
+                "SELECT ts, action, actor, epoch, reason, forced FROM shipit_audit "
+                "ORDER BY seq DESC LIMIT %s",
+                (int(limit),),
+            )
+            return [
+                AuditEntry(r["ts"], r["action"], r["actor"], int(r["epoch"]), r["reason"], r["forced"])
+                for r in cur.fetchall()
+            ]
+
+        return self._with_retry(tx)
+
+    # -- LISTEN/NOTIFY ------------------------------------------------------------------------
+    def _listen(self) -> None:
+        with self._listen_mu:
+            if self._listener is not None and not self._listener.closed and not self._listener.broken:
+                return
+            conn = self._connect(autocommit=True)
+            try:
+                conn.execute(f"LISTEN {GATE_CHANNEL}")
+                conn.execute(f"LISTEN {RUNS_CHANNEL}")
+            except psycopg.Error as e:
+                conn.close()
+                raise self._unavailable(e) from None
+            self._listener = conn
+
+    def _drain(self) -> None:
+        self._wait_notify(0, None)
+
+    def _wait_notify(self, timeout: float, run_ids: set[str] | None) -> bool:
+        """Wait up to timeout for a notification (on the gate channel when run_ids is None,
+        else for one of these runs). True when one came."""
+        with self._listen_mu:
+            conn = self._listener
+            if conn is None:
+                return False
+            deadline = time.monotonic() + max(0.0, timeout)
+            try:
+                while True:
+                    left = max(0.0, deadline - time.monotonic())
+                    got = None
+                    for n in conn.notifies(timeout=left, stop_after=1):
+                        got = n
+                    if got is None:
+                        return False
+                    if timeout > 0 and (
+                        (run_ids is None and got.channel == GATE_CHANNEL)
+                        or (run_ids is not None and got.channel == RUNS_CHANNEL and got.payload in run_ids)
+                    ):
+                        return True
+                    # Otherwise (draining, or another channel/run): keep reading.
+            except psycopg.Error:
+                # The listener broke (server restart): reconnect next time, wake the caller now
+                # so that it re-reads the state instead of sleeping through a change.
+                self._listener = None
+                return True
+
+    def close(self) -> None:
+        with self._mu:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        with self._listen_mu:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+
+
+def _password(dsn: str) -> str | None:
+    try:
+        return psycopg.conninfo.conninfo_to_dict(dsn).get("password") or None  # type: ignore[return-value]
+    except psycopg.Error:
+        return None
