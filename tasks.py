@@ -1,0 +1,79 @@
+"""Developer tasks for the shipit repository (Invoke): `invoke --list`.
+
+invoke test [-- ARGS]   the whole suite through scripts/test.sh (installs what is missing)
+invoke lint             ruff over shipit, tests and bench
+invoke bench            every bench/*.py, one after another, with a summary table
+invoke demo             scripts/demo.sh: a deploy of examples/app with jobs running
+invoke chaos            the chaos tests (tests/chaos), when present
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from invoke import Context, Exit, Result, task
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _run(c: Context, command: str, **kwargs: Any) -> Result | None:
+    # in_stream=False: never mirror our stdin (hangs under CI); pty off for clean CI logs.
+    with c.cd(str(ROOT)):
+        return c.run(command, in_stream=False, pty=False, **kwargs)
+
+
+@task(help={"args": "extra pytest arguments, e.g. '-k gate -x'"})
+def test(c: Context, args: str = "") -> None:
+    """Run the test suite the way CI does."""
+    _run(c, f"scripts/test.sh {args}")
+
+
+@task
+def lint(c: Context) -> None:
+    """ruff check over the code, the tests and the benchmarks."""
+    paths = [p for p in ("shipit", "tests", "bench") if (ROOT / p).exists()]
+    _run(c, f"ruff check {' '.join(paths)}")
+
+
+@task(help={"only": "run only bench scripts whose name contains this"})
+def bench(c: Context, only: str = "") -> None:
+    """Run every bench/*.py (each prints its own figures), then a summary table."""
+    scripts = sorted(p for p in (ROOT / "bench").glob("*.py") if not p.name.startswith("_"))
+    scripts = [p for p in scripts if only in p.name]
+    if not scripts:
+        print("no benchmarks in bench/")
+        return
+    rows: list[tuple[str, str, float]] = []
+    for script in scripts:
+        print(f"== {script.name}", flush=True)
+        start = time.monotonic()
+        result = _run(c, f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}", warn=True)
+        status = "ok" if result is not None and result.ok else "FAILED"
+        rows.append((script.name, status, time.monotonic() - start))
+    width = max(len(name) for name, _, _ in rows)
+    print(f"\n{'benchmark'.ljust(width)}  status  seconds")
+    for name, status, seconds in rows:
+        print(f"{name.ljust(width)}  {status:6}  {seconds:7.1f}")
+    if any(status != "ok" for _, status, _ in rows):
+        raise Exit("some benchmarks failed", code=1)
+
+
+@task
+def demo(c: Context) -> None:
+    """Deploy examples/app locally while its jobs run (scripts/demo.sh)."""
+    if not (ROOT / "scripts" / "demo.sh").exists():
+        raise Exit("scripts/demo.sh does not exist yet", code=1)
+    _run(c, "scripts/demo.sh")
+
+
+@task(help={"args": "extra pytest arguments"})
+def chaos(c: Context, args: str = "") -> None:
+    """Kill deploys, jobs, sshd and PostgreSQL at random moments (tests/chaos)."""
+    if not (ROOT / "tests" / "chaos").is_dir():
+        print("no chaos tests yet (tests/chaos)")
+        return
+    _run(c, f"scripts/test.sh tests/chaos {args}")
