@@ -11,6 +11,7 @@ and the bus serialises listeners, so they would wait for close() until its deadl
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -271,9 +272,11 @@ class Notifier:
             return
         about = "" if kind == "*" else f" about {kind}"
         tries = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
-        bus.emit(
-            "notify.failed",
-            message=f"notification{about} to {worker.label} failed{tries}: {error}",
-            level="warning",
-            **record,
-        )
+        # A broken renderer must not kill the delivery thread.
+        with contextlib.suppress(Exception):
+            bus.emit(
+                "notify.failed",
+                message=f"notification{about} to {worker.label} failed{tries}: {error}",
+                level="warning",
+                **record,
+            )

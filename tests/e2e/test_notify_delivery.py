@@ -421,3 +421,20 @@ def test_a_failing_apprise_target_is_retried_and_reported_with_apprise_reason(ho
     assert failed.message.startswith("notification about deploy.started to apprise json://…")
     assert "after 2 attempts: apprise: " in failed.message and "500" in failed.message
     assert "T0KENPATH" not in failed.message + json.dumps(failed.data)
+
+
+def test_the_queue_is_bounded_and_overflow_is_reported(hook: Hook) -> None:
+    hook.hang.add("/slow")
+    bus, notifier, failures = start(
+        [webhook(hook, "/slow", timeout=60, events=["*"])], queue_size=2
+    )
+    bus.emit("deploy.started", deploy_id="d-42")
+    hook.wait_for("/slow", 1)  # the worker is now stuck sending the first one
+    for n in range(4):
+        bus.emit("job.running", host="web1", job=f"j{n}")
+
+    assert notifier.close(0.3) is False
+    assert sorted(e.message.split(": ", 1)[1] for e in failures.events) == [
+        "2 notification(s) dropped: queue full",
+        "3 notification(s) not sent within 0.3s",
+    ]
