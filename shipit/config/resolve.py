@@ -2,7 +2,7 @@
 
 Precedence is top-level < stage < host. Stage `ssh:` and `jobs:` override field by field (only
 the fields the stage writes); `jobs.definitions` merge by job name. Hooks run top-level steps
-first, then the stage's, per hook point. Vars merge key by key (not deeply).
+first, then the stage's, per hook point. A stage's `notify:` list replaces the top-level one. Vars merge key by key (not deeply).
 
 Paths: `deploy_to` must be absolute (or start with `~/`, the deploy user's home). A relative
 `source.dir`, `jobs.path` or local `source.repo` path is taken relative to the directory
@@ -246,6 +246,8 @@ def resolve_stage(config: Config, name: str) -> StageConfig:
         shipit_command=config.shipit_command,
         secrets=tuple(config.secrets),
         config_path=config.config_path,
+        # A stage's notify list replaces the top-level one (an empty list silences the stage).
+        notify=tuple(stage.notify if stage.notify is not None else config.notify),
     )
 
 

@@ -2,7 +2,8 @@
 
 Secrets are the values of the vars named in `secrets:` (at any level: top, stage or host) and
 the job store DSN (the environment variable named by `jobs.dsn_env`), including the password
-inside that DSN on its own, since it can end up in other strings (a hook's command line).
+inside that DSN on its own, since it can end up in other strings (a hook's command line), and
+the notify targets' URLs and credential headers.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 from shipit.config.model import StageConfig
 
 MASK = "********"
+_SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|cookie|signature|password", re.I)
 _KV_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*(?:'((?:[^'\\]|\\.)*)'|(\S+))")
 
 
@@ -51,6 +53,10 @@ def secret_values(stage: StageConfig, *, environ: Mapping[str, str] | None = Non
         for name in stage.secrets:
             if name in vars_:
                 found.update(_leaves(vars_[name]))
+    for target in stage.notify:
+        # Webhook and apprise URLs carry their tokens in the path, query or host part.
+        found.update(u for u in (target.apprise, target.webhook) if u)
+        found.update(v for k, v in target.headers.items() if _SENSITIVE_HEADER.search(k))
     dsn = env.get(stage.jobs.dsn_env)
     if dsn:
         found.add(dsn)
@@ -61,8 +67,17 @@ def secret_values(stage: StageConfig, *, environ: Mapping[str, str] | None = Non
     return sorted((s for s in found if s), key=lambda s: (-len(s), s))
 
 
+def _variants(secrets: Iterable[str]) -> list[str]:
+    found: set[str] = set()
+    for secret in secrets:
+        if secret:
+            # A secret can also appear URL-encoded, inside a URL built from it.
+            found.update({secret, quote(secret, safe=""), quote_plus(secret)})
+    return sorted(found, key=len, reverse=True)
+
+
 def mask(text: str, secrets: Iterable[str]) -> str:
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+    for secret in _variants(secrets):
         text = text.replace(secret, MASK)
     return text
 
@@ -79,6 +94,22 @@ def _mask_data(value: Any, secrets: list[str]) -> Any:
     return value
 
 
+def redact_url(url: str, *, keep_host: bool = True) -> str:
+    """Scheme and (for webhooks) host survive; userinfo, path and query are tokens. Apprise
+    URLs keep tokens where the host goes (`slack://TokenA/TokenB`), hence keep_host=False."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return MASK
+    if not parts.scheme:
+        return MASK
+    if not keep_host or not host:
+        return f"{parts.scheme}://{MASK}"
+    return f"{parts.scheme}://{host}{f':{port}' if port else ''}/{MASK}"
+
+
 def _hide_named(vars_: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     return {k: (MASK if k in names else v) for k, v in vars_.items()}
 
@@ -92,4 +123,13 @@ def masked_config(
     data["vars"] = _hide_named(data["vars"], stage.secrets)
     for host in data["hosts"]:
         host["vars"] = _hide_named(host["vars"], stage.secrets)
+    for target in data.get("notify", []):
+        # Keep enough to recognise the target (scheme, webhook host), never its tokens.
+        if target.get("webhook"):
+            target["webhook"] = redact_url(target["webhook"])
+        if target.get("apprise"):
+            target["apprise"] = redact_url(target["apprise"], keep_host=False)
+        target["headers"] = {
+            k: (MASK if _SENSITIVE_HEADER.search(k) else v) for k, v in target["headers"].items()
+        }
     return _mask_data(data, secret_values(stage, environ=environ))

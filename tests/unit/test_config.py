@@ -341,3 +341,41 @@ def test_anchors_in_x_keys_and_merge_keys_are_usable(tmp_path: Path) -> None:
     )
     hosts = load_config(path).stage("s").hosts
     assert [(h.name, h.roles) for h in hosts] == [("deploy@web1", ("app",)), ("ops@web2", ("app",))]
+
+
+def test_notify_targets_are_inherited_or_replaced_and_never_shown(tmp_path: Path) -> None:
+    path = tmp_path / "shipit.yaml"
+    path.write_text(
+        "application: a\nsource: {dir: .}\ndeploy_to: /srv/a\n"
+        "notify:\n"
+        "  - webhook: https://hooks.example.com/services/T0/B0/XYZ?sig=abc\n"
+        "    headers: {Authorization: Bearer t0ken, Content-Type: application/json}\n"
+        "stages:\n"
+        "  prod: {hosts: [local]}\n"
+        "  quiet: {hosts: [local], notify: []}\n"
+        "  chat: {hosts: [local], notify: [{apprise: 'slack://TokA/TokB/TokC'}]}\n"
+    )
+    config = load_config(path)
+    assert config.stage("quiet").notify == ()
+    prod = config.stage("prod")
+    assert [t.webhook for t in prod.notify] == [
+        "https://hooks.example.com/services/T0/B0/XYZ?sig=abc"
+    ]
+    shown = masked_config(prod, environ={})["notify"][0]
+    assert shown["webhook"] == f"https://hooks.example.com/{MASK}"
+    assert shown["headers"] == {"Authorization": MASK, "Content-Type": "application/json"}
+    assert "Bearer t0ken" in secret_values(prod, environ={})
+    assert (
+        mask(
+            "POST https://hooks.example.com/services/T0/B0/XYZ?sig=abc",
+            secret_values(prod, environ={}),
+        )
+        == f"POST {MASK}"
+    )
+    chat = masked_config(config.stage("chat"), environ={})
+    assert chat["notify"][0]["apprise"] == f"slack://{MASK}"
+    assert "TokA" not in repr(chat)
+
+
+def test_mask_catches_url_encoded_secrets() -> None:
+    assert mask("https://u:p%40ss%2Fw@h/", ["p@ss/w"]) == f"https://u:{MASK}@h/"
