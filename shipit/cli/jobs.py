@@ -1,0 +1,438 @@
+"""`shipit lock ...`, `shipit jobs ...` and `shipit status`: the gate and the jobs by hand.
+
+Every command works on a whole stage: per-host stores (file, sqlite) through one `shipit agent`
+op per host, the central store (postgres) directly. A manual lock / pause is the same lease a
+deploy takes (holder = you, audited), so a deploy started meanwhile exits 3 naming you.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from shipit.cli.common import echo_json, load_stage
+from shipit.config.model import StageConfig
+from shipit.errors import GateHeld, ShipitError, UsageError
+from shipit.events import EventBus
+from shipit.gate.base import ALL_STATES, Lease
+from shipit.hosts.base import Host
+from shipit.jobs.drain import describe_lease, iso
+
+STAGE = click.argument("stage", metavar="STAGE")
+JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+MANUAL_TTL = 3600.0
+# deploy_id prefixes of leases taken by hand: `release` / `resume` may reopen those of the same
+# actor without --force, never a deploy's.
+MANUAL_PREFIXES = ("lock-", "pause-")
+
+
+def actor() -> str:
+    from shipit.runner import default_actor
+
+    return default_actor()
+
+
+class Stage:
+    """The stage's stores: one per host (file/sqlite, via the agent) or one central (postgres)."""
+
+    def __init__(self, stage: StageConfig) -> None:
+        from shipit.hosts.open import open_host
+        from shipit.phases.context import DeployContext
+
+        self.stage = stage
+        self.bus = EventBus()
+        self.bus.subscribe(_echo_event)
+        self.hosts: list[Host] = [open_host(spec, stage.ssh) for spec in stage.hosts]
+        self.ctx = DeployContext(stage=stage, hosts=self.hosts, bus=self.bus,
+                                 deploy_id=f"cli-{secrets.token_hex(4)}", actor=actor())
+        self.central = stage.jobs.store == "postgres"
+
+    def close(self) -> None:
+        for h in self.hosts:
+            try:
+                h.close()
+            except Exception:  # noqa: BLE001, S112 - closing is best effort
+                continue
+
+    def targets(self) -> list[str]:
+        return ["*"] if self.central else [h.name for h in self.hosts]
+
+    def call(self, target: str, op: str, opts: dict[str, Any]) -> dict[str, Any]:
+        """One agent op against one store: over the host's agent, or in-process for postgres."""
+        from shipit.phases.drain_jobs import agent_opts, forward
+
+        if target == "*":
+            return self._central(op, opts)
+        from shipit.jobs.remote import call_agent
+
+        host = next(h for h in self.hosts if h.name == target)
+        return call_agent(host, self.stage.shipit_command, op, agent_opts(self.ctx, host) | opts,
+                          on_event=forward(self.ctx, host.name, "cli"))
+
+    def _central(self, op: str, opts: dict[str, Any]) -> dict[str, Any]:
+        import io
+
+        from shipit.agent import _OPS, Out
+        from shipit.phases.drain_jobs import open_central
+
+        store = open_central(self.ctx)
+        try:
+            return _OPS[op](store, {"deploy_to": self.stage.deploy_to, **opts}, Out(io.StringIO()))
+        finally:
+            store.close()
+
+    def each(self, op: str, opts: dict[str, Any]) -> dict[str, dict[str, Any] | ShipitError]:
+        """op on every store in parallel; a store's error is returned in its slot."""
+        from shipit.hosts.fanout import FanOutError, run_parallel
+
+        if self.central:
+            try:
+                return {"*": self.call("*", op, opts)}
+            except ShipitError as exc:
+                return {"*": exc}
+        try:
+            return run_parallel(self.hosts, lambda h: self.call(h.name, op, opts),
+                                limit=self.stage.parallelism)
+        except FanOutError as exc:
+            out: dict[str, Any] = dict(exc.results)
+            for name, err in exc.errors.items():
+                out[name] = err if isinstance(err, ShipitError) else ShipitError(f"[{name}] {err}")
+            return out
+
+
+def _echo_event(event: Any) -> None:
+    if event.kind in ("job.restarted", "job.given_up", "job.restart_failed", "gate.reopened"):
+        where = f"[{event.host}] " if event.host else ""
+        job = event.data.get("job") or (event.data.get("run") or {}).get("job") or ""
+        click.echo(f"{where}{event.kind} {job}".rstrip(), err=True)
+
+
+def _with_stage(name: str, fn: Callable[[Stage], Any]) -> Any:
+    st = Stage(load_stage(name))
+    try:
+        return fn(st)
+    finally:
+        st.close()
+
+
+def _first_error(results: dict[str, Any]) -> ShipitError | None:
+    errors = [r for r in results.values() if isinstance(r, ShipitError)]
+    held = [e for e in errors if isinstance(e, GateHeld)]
+    return (held or errors or [None])[0]
+
+
+# -- closing and opening by hand -------------------------------------------------------------------
+
+
+def _close_all(st: Stage, *, prefix: str, reason: str, ttl: float, force: bool) -> dict[str, Any]:
+    opts = {"holder": st.ctx.actor, "deploy_id": f"{prefix}{secrets.token_hex(6)}",
+            "reason": reason, "ttl": ttl, "force": force}
+    results = st.each("close", opts)
+    err = _first_error(results)
+    if err is not None:
+        # All or nothing: reopen what we closed so a half-locked stage is not left behind.
+        for target, res in results.items():
+            if isinstance(res, dict):
+                try:
+                    st.call(target, "open", {"epoch": res["lease"]["epoch"], "actor": st.ctx.actor})
+                except ShipitError:
+                    continue
+        raise err
+    return results
+
+
+def _open_all(st: Stage, *, force: bool, what: str) -> dict[str, Any]:
+    now = time.time()
+    plans: dict[str, dict[str, Any] | None] = {}
+    for target, res in st.each("status", {}).items():
+        if isinstance(res, ShipitError):
+            raise res
+        lease = _lease(res["gate"])
+        if not lease.is_closed(now) and lease.state == "open":
+            plans[target] = None  # already open
+            continue
+        mine = lease.holder == st.ctx.actor and lease.deploy_id.startswith(MANUAL_PREFIXES)
+        if not (mine or force or not lease.is_closed(now)):
+            raise GateHeld(
+                f"[{target}] {describe_lease(lease)}; not yours to {what}: use --force (audited)",
+                lease,
+            )
+        plans[target] = {"epoch": lease.epoch, "actor": st.ctx.actor, "force": force and not mine}
+    out: dict[str, Any] = {}
+    for target, opts in plans.items():
+        out[target] = st.call(target, "open", opts) if opts else {"lease": None}
+    return out
+
+
+def _lease(d: dict[str, Any]) -> Lease:
+    fields = set(Lease.__dataclass_fields__)
+    return Lease(**{k: v for k, v in d.items() if k in fields})
+
+
+def _say_closed(results: dict[str, Any], verb: str) -> None:
+    for target, res in results.items():
+        lease = _lease(res["lease"])
+        where = "store" if target == "*" else target
+        click.echo(f"{where}: {verb} (epoch {lease.epoch}, expires {iso(lease.expires_at)})")
+
+
+# -- shipit lock -------------------------------------------------------------------------------------
+
+
+@click.group("lock")
+def lock() -> None:
+    """The deploy lock (the gate's lease): who holds it, take it, give it back."""
+
+
+@lock.command("status")
+@STAGE
+@JSON
+def lock_status(stage: str, as_json: bool) -> None:
+    """Who holds the gate on each host (or the central store)."""
+    _with_stage(stage, lambda st: _print_gates(st, as_json))
+
+
+@lock.command("acquire")
+@STAGE
+@click.option("-m", "--message", default="", help="Why (shown to whoever meets the lock).")
+@click.option("--ttl", type=float, default=MANUAL_TTL, show_default=True, help="Seconds until it expires.")
+@click.option("--force", is_flag=True, help="Take it even from another holder (audited).")
+def lock_acquire(stage: str, message: str, ttl: float, force: bool) -> None:
+    """Take the deploy lock on every host: deploys and new jobs wait until it is released."""
+    _check_ttl(ttl)
+
+    def go(st: Stage) -> None:
+        res = _close_all(st, prefix="lock-", reason=message or "locked by hand", ttl=ttl, force=force)
+        _say_closed(res, "locked")
+
+    _with_stage(stage, go)
+
+
+@lock.command("release")
+@STAGE
+@click.option("--force", is_flag=True, help="Release someone else's lock (audited).")
+def lock_release(stage: str, force: bool) -> None:
+    """Give the deploy lock back (yours; someone else's with --force)."""
+    _with_stage(stage, lambda st: _say_opened(_open_all(st, force=force, what="release")))
+
+
+def _say_opened(results: dict[str, Any]) -> None:
+    for target, res in results.items():
+        where = "store" if target == "*" else target
+        click.echo(f"{where}: open" if res.get("lease") else f"{where}: already open")
+
+
+def _check_ttl(ttl: float) -> None:
+    if ttl < 3:
+        raise UsageError(f"--ttl {ttl:g}: a lease needs at least 3 seconds")
+
+
+# -- shipit jobs -------------------------------------------------------------------------------------
+
+
+@click.group("jobs")
+def jobs() -> None:
+    """Jobs on a stage's hosts: pause/resume, list, show, reconcile."""
+
+
+@jobs.command("pause")
+@STAGE
+@click.option("-m", "--message", required=True, help="Why jobs are paused (shown to them and to deploys).")
+@click.option("--ttl", type=float, default=MANUAL_TTL, show_default=True, help="Seconds until it expires.")
+@click.option("--force", is_flag=True, help="Close even if someone else holds the gate (audited).")
+def jobs_pause(stage: str, message: str, ttl: float, force: bool) -> None:
+    """Close the gate by hand: new jobs wait, running ones carry on."""
+    _check_ttl(ttl)
+    _with_stage(stage, lambda st: _say_closed(
+        _close_all(st, prefix="pause-", reason=message, ttl=ttl, force=force), "paused"))
+
+
+@jobs.command("resume")
+@STAGE
+@click.option("--force", is_flag=True, help="Reopen even if someone else holds the gate (audited).")
+def jobs_resume(stage: str, force: bool) -> None:
+    """Reopen the gate after `jobs pause`."""
+    _with_stage(stage, lambda st: _say_opened(_open_all(st, force=force, what="resume")))
+
+
+@jobs.command("list")
+@STAGE
+@click.option("--state", type=click.Choice(ALL_STATES), help="Only runs in this state.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@JSON
+def jobs_list(stage: str, state: str | None, limit: int, as_json: bool) -> None:
+    """Runs, newest first."""
+
+    def go(st: Stage) -> None:
+        results = st.each("list", {"state": state, "limit": limit})
+        err = _first_error(results)
+        if err is not None:
+            raise err
+        runs = [r for res in results.values() for r in res["runs"]]
+        runs.sort(key=lambda r: r.get("created_at") or 0, reverse=True)
+        if as_json:
+            echo_json(runs)
+            return
+        for r in runs:
+            click.echo(_run_line(r))
+
+    _with_stage(stage, go)
+
+
+@jobs.command("show")
+@STAGE
+@click.argument("run", metavar="RUN")
+@JSON
+def jobs_show(stage: str, run: str, as_json: bool) -> None:
+    """One run in full (env values are never shown)."""
+
+    def go(st: Stage) -> None:
+        for target in st.targets():
+            try:
+                found = st.call(target, "show", {"run": run})["run"]
+            except UsageError:
+                continue
+            if as_json:
+                echo_json(found)
+            else:
+                for key, value in found.items():
+                    click.echo(f"{key:18} {value}")
+            return
+        raise UsageError(f"no run {run!r} on stage {stage}")
+
+    _with_stage(stage, go)
+
+
+@jobs.command("reconcile")
+@STAGE
+def jobs_reconcile(stage: str) -> None:
+    """Restart, exactly once, the jobs a killed deploy stopped and never restarted."""
+
+    def go(st: Stage) -> None:
+        if st.central:
+            _reconcile_central(st)
+            return
+        results = st.each("reconcile", {"actor": st.ctx.actor})
+        err = _first_error(results)
+        if err is not None:
+            raise err
+        n = sum(1 for res in results.values() for o in res["outcomes"] if o["outcome"] == "restarted")
+        click.echo(f"reconciled: {n} job(s) restarted")
+
+    _with_stage(stage, go)
+
+
+def _reconcile_central(st: Stage) -> None:
+    from shipit.jobs.drain import describe_lease as describe
+    from shipit.jobs.reconcile import leftovers
+    from shipit.phases.drain_jobs import open_central
+    from shipit.phases.restart_jobs import restart_central_runs
+
+    store = open_central(st.ctx)
+    try:
+        lease = store.gate()
+        if lease.is_closed(time.time()):
+            raise GateHeld(describe(lease), lease)
+        runs = leftovers(store)
+        restart_central_runs(st.ctx, store, [r.to_dict() for r in runs], phase="cli",
+                             reopen_epoch=lease.epoch if lease.state == "closed" else None)
+    finally:
+        store.close()
+    click.echo(f"reconciled: {len(runs)} job(s) considered")
+
+
+# -- shipit status -------------------------------------------------------------------------------------
+
+
+@click.command("status")
+@STAGE
+@JSON
+def status(stage: str, as_json: bool) -> None:
+    """The gate on each host, the jobs running / waiting / stopped, and the current release."""
+    _with_stage(stage, lambda st: _print_status(st, as_json))
+
+
+def _status_all(st: Stage) -> dict[str, Any]:
+    results = st.each("status", {"readonly": True})
+    err = _first_error(results)
+    if err is not None:
+        raise err
+    return results
+
+
+def _print_gates(st: Stage, as_json: bool) -> None:
+    results = _status_all(st)
+    if as_json:
+        echo_json({t: r["gate"] for t, r in results.items()})
+        return
+    for target, res in results.items():
+        click.echo(f"{'store' if target == '*' else target}: {_gate_line(res['gate'], res.get('now'))}")
+
+
+def _gate_line(gate: dict[str, Any], now: float | None) -> str:
+    lease = _lease(gate)
+    if lease.is_closed(now or time.time()):
+        return "closed, " + describe_lease(lease).replace("gate held", "held", 1)
+    if lease.state == "closed":
+        return f"open (lease of {lease.holder} expired {iso(lease.expires_at)})"
+    return "open"
+
+
+def _print_status(st: Stage, as_json: bool) -> None:
+    results = _status_all(st)
+    if as_json:
+        echo_json(results)
+        return
+    for target, res in results.items():
+        where = "store" if target == "*" else target
+        click.echo(f"{where}: gate {_gate_line(res['gate'], res.get('now'))}")
+        if res.get("current"):
+            click.echo(f"  current release {res['current']}")
+        for r in res.get("runs") or []:
+            click.echo("  " + _run_line(r))
+    if st.central:
+        # One central store: the release lives on each host, ask them.
+        _print_current_per_host(st)
+
+
+def _print_current_per_host(st: Stage) -> None:
+    from shipit.hosts.fanout import FanOutError, run_parallel
+
+    cmd = f"readlink {_q(st.stage.deploy_to + '/current')}"
+    try:
+        out = run_parallel(st.hosts, lambda h: h.run(cmd, check=False).stdout.strip(),
+                           limit=st.stage.parallelism)
+    except FanOutError as exc:
+        out = {**exc.results, **{k: f"unreachable ({v})" for k, v in exc.errors.items()}}
+    for name, link in out.items():
+        click.echo(f"{name}: current release {link.rsplit('/', 1)[-1] if link else '-'}")
+
+
+def _q(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def _run_line(r: dict[str, Any]) -> str:
+    parts = [str(r.get("run_id") or r.get("id")), str(r.get("job")), str(r.get("state"))]
+    if r.get("host"):
+        parts.append(f"host={r['host']}")
+    if r.get("pid"):
+        parts.append(f"pid={r['pid']}")
+    if r.get("attempt"):
+        parts.append(f"attempt={r['attempt']}")
+    if r.get("elapsed") is not None:
+        parts.append(f"elapsed={r['elapsed']:.0f}s")
+    progress = r.get("progress")
+    if progress is None and r.get("progress_total"):
+        progress = [r.get("progress_done") or 0, r["progress_total"]]
+    if progress:
+        parts.append(f"progress={progress[0]:g}/{progress[1]:g}")
+    if r.get("alive") is False:
+        parts.append("(supervisor gone)")
+    return "  ".join(parts)
