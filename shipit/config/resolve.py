@@ -50,8 +50,13 @@ def _config_dir(config: Config) -> str:
     return os.path.dirname(os.path.abspath(config.config_path))
 
 
-def _local_path(config: Config, path: str) -> str:
-    if os.path.isabs(path) or path.startswith("~"):
+def _local_path(config: Config, path: str, *, expand_home: bool = True) -> str:
+    # jobs.path may name a host's home (`~/...`), which only the host can expand.
+    if path.startswith("~"):
+        if not expand_home:
+            return path
+        path = os.path.expanduser(path)
+    if os.path.isabs(path):
         return path
     return os.path.normpath(os.path.join(_config_dir(config), path))
 
@@ -215,7 +220,7 @@ def resolve_stage(config: Config, name: str) -> StageConfig:
     ssh = _merge_fields(config.ssh, stage.ssh)
     jobs = _merge_fields(config.jobs, stage.jobs)
     if jobs.path is not None:
-        jobs = jobs.model_copy(update={"path": _local_path(config, jobs.path)})
+        jobs = jobs.model_copy(update={"path": _local_path(config, jobs.path, expand_home=False)})
     source = config.source
     if stage.branch is not None:
         source = source.model_copy(update={"branch": stage.branch})

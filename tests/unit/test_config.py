@@ -379,3 +379,38 @@ def test_notify_targets_are_inherited_or_replaced_and_never_shown(tmp_path: Path
 
 def test_mask_catches_url_encoded_secrets() -> None:
     assert mask("https://u:p%40ss%2Fw@h/", ["p@ss/w"]) == f"https://u:{MASK}@h/"
+
+
+def test_home_is_expanded_here_for_the_source_but_left_to_the_host_for_jobs_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / "shipit.yaml"
+    path.write_text(
+        "application: a\nsource: {dir: ~/code}\ndeploy_to: ~/apps/a/\n"
+        "jobs: {path: ~/state}\nstages: {s: {hosts: [local]}}\n"
+    )
+    stage = load_config(path).stage("s")
+    assert (stage.source.dir, stage.jobs.path, stage.deploy_to) == (
+        str(tmp_path / "code"),
+        "~/state",
+        "~/apps/a",
+    )
+
+
+def test_config_built_in_code_reports_without_line_numbers() -> None:
+    from shipit.config.model import Config
+
+    config = Config.model_validate(
+        {
+            "application": "a",
+            "source": {"dir": "/src"},
+            "deploy_to": "relative",
+            "stages": {"s": {"hosts": ["local"]}},
+        }
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.stage("s")
+    assert str(caught.value) == (
+        "shipit.yaml: deploy_to: must be an absolute path (or start with ~/), got 'relative'"
+    )
