@@ -1,0 +1,192 @@
+"""`shipit` as a user runs it: a real process deploying to the `local` host in a temp dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "tok-7Hq2-never-shown"
+
+CONFIG = """\
+application: app
+source:
+  dir: src
+deploy_to: {deploy_to}
+shipit_command: {python} -m shipit
+vars:
+  api_token: {secret}
+secrets: [api_token]
+jobs:
+  store: file
+  lease_ttl: 5
+hooks:
+  after_release:
+    - run: echo "token is {secret}"
+{extra}
+stages:
+  demo:
+    hosts: [local]
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "app.py").write_text("print('v1')\n")
+    write_config(tmp_path)
+    return tmp_path
+
+
+def write_config(project: Path, extra: str = "") -> None:
+    (project / "shipit.yaml").write_text(
+        CONFIG.format(
+            deploy_to=project / "deploy", python=sys.executable, secret=SECRET, extra=extra
+        )
+    )
+
+
+def env(**more: str) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if k not in ("SHIPIT_CONFIG", "CI")}
+    e.update(more)
+    return e
+
+
+def shipit(project: Path, *args: str, **more: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shipit", *args],
+        cwd=project,
+        env=env(**more),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def test_deploy_json_ends_with_the_summary_and_hides_secrets(project: Path) -> None:
+    proc = shipit(project, "deploy", "demo", "--json")
+    assert proc.returncode == 0, proc.stderr
+    objs = [json.loads(line) for line in proc.stdout.splitlines()]  # nothing but JSON
+    assert all("kind" in o for o in objs[:-1])
+    assert objs[0]["kind"] == "deploy.started"
+    summary = objs[-1]["summary"]
+    assert summary["outcome"] == "success" and summary["exit_code"] == 0
+    assert summary["hosts"] == ["local"]
+    current = project / "deploy" / "current"
+    assert current.resolve().name == summary["release"]
+    assert (current / "app.py").read_text() == "print('v1')\n"
+    # The hook's command and output carried the secret: masked on stdout and in the log file.
+    # (The engine and the renderers may use masks of different lengths: any run of stars.)
+    masked = re.compile(r"token is \*{4,}")
+    assert any(masked.fullmatch(o.get("message", "")) for o in objs)
+    log = Path(summary["log"])
+    assert log.parent == project / ".shipit" / "logs"
+    assert log.name == f"demo-{summary['deploy_id']}.log"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+    assert masked.search(log.read_text())
+    for text in (proc.stdout, proc.stderr, log.read_text()):
+        assert SECRET not in text
+
+    # The read-only commands see that deploy.
+    releases = json.loads(shipit(project, "releases", "demo", "--json").stdout)
+    assert [r["name"] for r in releases["local"] if r["current"]] == [summary["release"]]
+    history = shipit(project, "history", "demo", "--json")
+    assert history.returncode == 0
+    assert [h["deploy_id"] for h in json.loads(history.stdout)][:1] == [summary["deploy_id"]]
+    check = shipit(project, "check", "demo")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert summary["release"] in check.stdout
+
+
+def test_plain_output_off_a_tty_and_dry_run_changes_nothing(project: Path) -> None:
+    proc = shipit(project, "deploy", "demo", "--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("dry run of HEAD to demo (1 host), deploy ")
+    assert "\x1b" not in proc.stdout
+    assert any(line.startswith("[local] pre_deploy: $ ") for line in lines)
+    assert any(line.startswith("summary: dry_run") for line in lines)
+    assert lines[-1].startswith("log: ")
+    assert not (project / "deploy" / "current").exists()
+    assert SECRET not in proc.stdout
+
+
+def read_until(fd: int, needle: bytes, limit: float = 60.0) -> bytes:
+    """Read a pty until `needle` shows up (bounded, so a hang fails instead of blocking)."""
+    seen = b""
+    while needle not in seen:
+        ready, _, _ = select.select([fd], [], [], limit)
+        assert ready, f"no {needle!r} in {seen[-500:]!r}"
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen
+
+
+def test_confirmation_on_a_tty_and_no_means_nothing_deployed(project: Path) -> None:
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shipit", "deploy", "demo"],
+        cwd=project,
+        env=env(TERM="xterm"),
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    try:
+        read_until(leader, b"Deploy main to demo (local)? [y/N]")
+        os.write(leader, b"n\n")
+        rest = read_until(leader, b"aborted")
+        assert proc.wait(timeout=60) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+    assert b"shipit: error: aborted: nothing was changed" in rest
+    assert not (project / "deploy" / "current").exists()
+
+
+def test_sigterm_during_a_deploy_cleans_up_and_exits_130(project: Path) -> None:
+    write_config(project, extra="  before_release:\n    - run: echo waiting; sleep 60")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shipit", "deploy", "demo", "--json"],
+        cwd=project,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if json.loads(line).get("message") == "waiting":
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    summary = json.loads(rest.splitlines()[-1])["summary"]
+    assert summary["outcome"] == "interrupted"
+    assert summary["exit_code"] == 130
+    assert not (project / "deploy" / "current").exists()
