@@ -154,11 +154,11 @@ class PostgresStore(Store):
         raise AssertionError("unreachable")
 
     def _init_schema(self, cur: psycopg.Cursor[dict[str, Any]]) -> None:
-        # Serialised so that concurrent first uses do not race on CREATE TABLE.
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_KEY,))
         cur.execute("SELECT to_regclass('shipit_schema') IS NOT NULL AS present")
         row = cur.fetchone()
         if not (row and row["present"]):
+            # Serialised so that concurrent first uses do not race on CREATE TABLE.
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_KEY,))
             cur.execute(SCHEMA)
         cur.execute("SELECT max(version) AS v FROM shipit_schema")
         row = cur.fetchone()
