@@ -157,7 +157,8 @@ def deploy_cmd(
     conf = load_stage(stage, hosts=split_csv(hosts), roles=split_csv(roles))
     if not (yes or dry_run) and interactive():
         names = ", ".join(h.name for h in conf.hosts)
-        confirm(f"Deploy {revision or conf.source.branch} to {conf.name} ({names})?")
+        what = revision or (conf.source.branch if conf.source.repo else conf.source.dir)
+        confirm(f"Deploy {what} to {conf.name} ({names})?")
     opts = runner.DeployOptions(revision=revision, dry_run=dry_run, lock_wait=lock_wait)
     _run_deploy(conf, as_json, lambda bus: runner.deploy(conf, opts, bus))
 

@@ -152,7 +152,7 @@ def test_confirmation_on_a_tty_and_no_means_nothing_deployed(project: Path) -> N
     )
     os.close(follower)
     try:
-        read_until(leader, b"Deploy main to demo (local)? [y/N]")
+        read_until(leader, f"Deploy {project / 'src'} to demo (local)? [y/N]".encode())
         os.write(leader, b"n\n")
         rest = read_until(leader, b"aborted")
         assert proc.wait(timeout=60) == 1
