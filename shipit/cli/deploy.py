@@ -26,6 +26,7 @@ from shipit.cli.common import (
     stdout_is_tty,
 )
 from shipit.config.model import StageConfig
+from shipit.errors import ShipitError
 from shipit.events import Event, EventBus
 from shipit.output import attach
 from shipit.output.format import line
@@ -68,14 +69,37 @@ def _run_deploy(stage: StageConfig, as_json: bool, action: Any) -> None:
         log_path=log_template(stage),
         verbose=SESSION.verbose,
     )
-    result = None
+    result: Any = None
     try:
         with sigterm_as_interrupt():
             result = action(bus)
+    except ShipitError as exc:
+        # The runner reports its own failures in the result; this is one it could not (a
+        # failure before it started). A --json reader still gets its closing summary.
+        result = _failed_summary(stage, str(exc), exc.exit_code) if as_json else None
+        raise
+    except KeyboardInterrupt:
+        result = _failed_summary(stage, "interrupted", 130, "interrupted") if as_json else None
+        raise
     finally:
         # Even on an exception the live view must let go of the terminal and the log close.
         renderer.finish(result)
     click.get_current_context().exit(result.exit_code)
+
+
+def _failed_summary(
+    stage: StageConfig, error: str, exit_code: int, outcome: str = "failed"
+) -> dict[str, Any]:
+    return {
+        "deploy_id": None,
+        "outcome": outcome,
+        "release": None,
+        "revision": None,
+        "error": error,
+        "durations": {},
+        "exit_code": exit_code,
+        "hosts": [h.name for h in stage.hosts],
+    }
 
 
 @click.command("init")

@@ -240,3 +240,35 @@ def test_sigterm_becomes_keyboard_interrupt_once() -> None:
             cleanup_finished = True
     assert cleanup_finished
     assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_json_deploy_that_fails_before_the_runner_starts_still_ends_with_a_summary(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from shipit import runner
+    from shipit.errors import GateHeld
+
+    def held(*a: object, **k: object) -> None:
+        raise GateHeld(f"the gate is held by deploy 42 (token {SECRET})")
+
+    monkeypatch.setattr(runner, "deploy", held)
+    write_config(tmp_path / "shipit.yaml")
+    code, out, err = shipit(capsys, "deploy", "demo", "--json")
+    assert code == 3
+    assert err == "shipit: error: the gate is held by deploy 42 (token ********)\n"
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {
+            "summary": {
+                "deploy_id": None,
+                "outcome": "failed",
+                "release": None,
+                "revision": None,
+                "error": "the gate is held by deploy 42 (token ********)",
+                "durations": {},
+                "exit_code": 3,
+                "hosts": ["local"],
+            }
+        }
+    ]
