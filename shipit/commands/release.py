@@ -120,7 +120,9 @@ def prepare_command(
         parent = posixpath.dirname(path)
         if parent:
             lines.append(f'mkdir -p "$r"/{q(parent)}')
-        lines.append(f'ln -s "$d"/shared/{q(path)} "$r"/{q(path)}')
+        # Relative links keep working wherever deploy_to is seen from (bind mounts, containers).
+        target = posixpath.relpath(f"shared/{path}", posixpath.join("releases", release, parent))
+        lines.append(f'ln -s {q(target)} "$r"/{q(path)}')
     lines.append(f"printf '%s\\n' {q(revision)} > \"$r\"/REVISION")
     return "\n".join(lines)
 

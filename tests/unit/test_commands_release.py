@@ -110,10 +110,10 @@ def test_prepare_command_exact() -> None:
             "rm -f /srv/app/.shipit/upload-x.tar.gz",
             "rm -rf \"$r\"/'config/my db.yml'",
             'mkdir -p "$r"/config',
-            "ln -s \"$d\"/shared/'config/my db.yml' \"$r\"/'config/my db.yml'",
+            "ln -s '../../../shared/config/my db.yml' \"$r\"/'config/my db.yml'",
             'mkdir -p "$d"/shared/log',
             'rm -rf "$r"/log',
-            'ln -s "$d"/shared/log "$r"/log',
+            'ln -s ../../shared/log "$r"/log',
             "printf '%s\\n' abc > \"$r\"/REVISION",
         ]
     )

@@ -1,0 +1,128 @@
+"""Deploys to three real sshd hosts: layout, keep N, shared links, history, budget, failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.deploy_harness import Deployer, HomeHost, deploy_hosts, tree  # noqa: F401
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def project(tmp_path, deploy_hosts, monkeypatch) -> Deployer:  # noqa: F811
+    d = Deployer(tmp_path, deploy_hosts, monkeypatch, keep_releases=2,
+                 linked_files=["config/app.env"], linked_dirs=["log"])
+    for h in deploy_hosts:
+        (d.root(h) / "shared" / "config").mkdir(parents=True)
+        (d.root(h) / "shared" / "config" / "app.env").write_text(f"secret for {h.name}\n")
+    return d
+
+
+def test_first_deploy_redeploys_keep_n_shared_links_history_and_budget(project: Deployer) -> None:
+    first, _ = project.deploy()
+    assert first.outcome == "success" and first.exit_code == 0, first.error
+    for h in project.hosts:
+        rel = project.root(h) / "current"
+        assert project.current(h) == first.release
+        assert (rel / "app.py").read_text() == "VERSION = '1'\n"
+        assert (rel / "REVISION").read_text().strip() == first.revision
+        # The shared file replaced the archive's copy, and the shared dir is linked in.
+        assert (rel / "config" / "app.env").read_text() == f"secret for {h.name}\n"
+        assert (rel / "log").is_symlink()
+    (project.app / "app.py").write_text("VERSION = '2'\n")
+    second, _ = project.deploy()
+    third, _ = project.deploy()
+    assert second.outcome == third.outcome == "success"
+    assert second.revision != first.revision and third.revision == second.revision
+    for h in project.hosts:
+        # keep_releases=2: the oldest is gone, the live one and the rollback target stay.
+        assert project.releases(h) == [second.release, third.release]
+        assert project.current(h) == third.release
+        assert (project.root(h) / "current" / "app.py").read_text() == "VERSION = '2'\n"
+        log = (project.root(h) / "revisions.log").read_text().splitlines()
+        assert len(log) == 3 and log[-1].endswith(f"deployed as release {third.release} by {third_actor(project)}")
+        assert oct((project.root(h) / ".shipit" / "history.jsonl").stat().st_mode & 0o777) == "0o600"
+    # Budget: one connection and at most five remote commands per host for a redeploy.
+    for host in project.opened:
+        assert host.connections == 1, host.name
+        assert host.commands <= 5, (host.name, host.commands)
+    from shipit import runner
+    from shipit.events import EventBus
+
+    records = runner.read_history(project.stage(), EventBus())
+    assert [r["deploy_id"] for r in records] == [third.deploy_id, second.deploy_id, first.deploy_id]
+    assert {r["outcome"] for r in records} == {"success"}
+    assert records[0]["hosts"] == [h.name for h in project.hosts]
+    assert set(records[0]["durations"]) >= {"pre_deploy", "drain_jobs"}
+
+
+def third_actor(project: Deployer) -> str:
+    from shipit.runner import default_actor
+
+    return default_actor()
+
+
+def test_dry_run_touches_no_host(project: Deployer) -> None:
+    project.deploy()
+    before = {h.name: tree(h.home) for h in project.hosts}
+    result, rec = project.deploy(dry_run=True)
+    assert result.outcome == "dry_run" and result.exit_code == 0
+    assert {h.name: tree(h.home) for h in project.hosts} == before
+    shown = [e.data["command"] for e in rec.of("host.command")]
+    assert any("mv -T" in c for c in shown) and any('mkdir "$r"' in c for c in shown)
+
+
+def test_one_host_down_switches_nothing(project: Deployer, tmp_path, monkeypatch) -> None:  # noqa: ARG001
+    good, _ = project.deploy()
+    # A fourth host nobody listens on: unreachable.
+    from tests.harness.sshd import free_port
+
+    down = f"root@127.0.0.1:{free_port()}"
+    import yaml
+
+    data = yaml.safe_load(project.config.read_text())
+    data["stages"]["test"]["hosts"].append(down)
+    project.config.write_text(yaml.safe_dump(data, sort_keys=False))
+    result, rec = project.deploy()
+    assert result.outcome == "failed" and result.exit_code == 4
+    assert down in (result.error or "")
+    for h in project.hosts:
+        assert project.current(h) == good.release
+        assert project.releases(h) == [good.release]
+    assert any(e.host == down for e in rec.of("host.failed"))
+
+
+def test_failing_hook_before_switch_leaves_no_partial_release(tmp_path, deploy_hosts, monkeypatch) -> None:  # noqa: F811
+    trap = deploy_hosts[1].name
+    # The hook pre-creates the new release's directory on ONE host, so that host's prepare fails
+    # (mkdir without -p) while the other hosts' prepares succeed: partial releases to clean up.
+    d = Deployer(tmp_path, deploy_hosts, monkeypatch,
+                 stage_extra={"roles": {"trap": [trap]}},
+                 hooks={"before_release": [{"run": 'mkdir -p "$SHIPIT_DEPLOY_TO/releases/$SHIPIT_RELEASE"', "roles": ["trap"]}]})
+    good, _ = _deploy_without_hook(d)
+    result, rec = d.deploy()
+    assert result.outcome == "failed" and result.exit_code == 1
+    assert f"[{trap}]" in (result.error or "")
+    for h in deploy_hosts:
+        assert d.current(h) == good.release
+        assert d.releases(h) == [good.release], h.name
+        assert not list((d.root(h) / ".shipit").glob("upload-*"))
+        lines = (d.root(h) / ".shipit" / "history.jsonl").read_text().splitlines()
+        assert json.loads(lines[-1])["outcome"] == "failed"
+
+
+def _deploy_without_hook(d: Deployer):  # type: ignore[no-untyped-def]
+    text = d.config.read_text()
+    import yaml
+
+    data = yaml.safe_load(text)
+    hooks = data.pop("hooks")
+    d.config.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = d.deploy()
+    data["hooks"] = hooks
+    d.config.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert out[0].outcome == "success", out[0].error
+    return out
