@@ -133,11 +133,18 @@ def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | 
     return models[0] if models else None
 
 
+def _shown(data: Any, path: Path, lines: LineMap) -> str:
+    if path in lines.written:
+        return f"{lines.written[path]!r} (from the environment)"
+    return describe(_value_at(data, path))
+
+
 def _message(
-    err: dict[str, Any], path: Path, tagged: Path, root: type[BaseModel], data: Any
+    err: dict[str, Any], path: Path, tagged: Path, root: type[BaseModel], data: Any, lines: LineMap
 ) -> str:
     kind = err["type"]
     value = _value_at(data, path)
+    shown = _shown(data, path, lines)
     if kind == "extra_forbidden":
         model = _model_at(root, tagged[:-1])
         keys = list(model.model_fields) if model else []
@@ -145,15 +152,17 @@ def _message(
     if kind == "missing":
         return "required key is missing"
     if kind in _EXPECTED:
-        return f"expected {_EXPECTED[kind]}, got {describe(value)}"
+        return f"expected {_EXPECTED[kind]}, got {shown}"
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
         hint = suggest(str(value), choices) if isinstance(value, str) else ""
-        return f"expected one of {', '.join(choices)}, got {describe(value)}{hint}"
+        if path in lines.written:
+            hint = ""
+        return f"expected one of {', '.join(choices)}, got {shown}{hint}"
     if kind in _BOUNDS:
         ctx = err.get("ctx", {})
         bound = next(iter(ctx.values()), "?")
-        return f"must be {_BOUNDS[kind]} {bound}, got {describe(value)}"
+        return f"must be {_BOUNDS[kind]} {bound}, got {shown}"
     if kind in ("value_error", "assertion_error"):
         msg = str(err.get("ctx", {}).get("error", err["msg"]))
         hook = re.fullmatch(r"unknown hook point '(.*)'", msg)
@@ -177,7 +186,7 @@ def explain(exc: ValidationError, root: type[BaseModel], data: Any, lines: LineM
             if hook and hook.group(1) in (_value_at(data, path) or {}):
                 path = (*path, hook.group(1))
         by_path.setdefault(path, []).append(err)
-        msg = _message(err, path, tagged, root, data)
+        msg = _message(err, path, tagged, root, data, lines)
         line = lines.line(path[:-1] if err["type"] == "missing" else path) or 0
         found.append((line, order, path, msg))
     # A union (a host as text or as a mapping) fails on every branch. When one branch got
@@ -189,7 +198,7 @@ def explain(exc: ValidationError, root: type[BaseModel], data: Any, lines: LineM
     kinds = [e["type"] for e in by_path[path] if e["type"] in _EXPECTED]
     if len(kinds) > 1:
         wanted = " or ".join(dict.fromkeys(_EXPECTED[k] for k in kinds))
-        msg = f"expected {wanted}, got {describe(_value_at(data, path))}"
+        msg = f"expected {wanted}, got {_shown(data, path, lines)}"
     where = f"{lines.file}:{line}" if line else lines.file
     key = fmt_path(path)
     return one_line(f"{where}: {key}: {msg}" if key else f"{where}: {msg}")

@@ -100,5 +100,7 @@ def load_config(path: Path | str, *, environ: Mapping[str, str] | None = None) -
     except ValidationError as exc:
         raise ConfigError(explain(exc, Config, data, lines)) from None
     _check_hook_points(data, lines)
+    if not config.stages:
+        raise ConfigError(f"{lines.where(('stages',))}: stages: define at least one stage")
     attach(config, lines)
     return config

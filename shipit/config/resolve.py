@@ -17,6 +17,7 @@ import posixpath
 import re
 from typing import Any
 
+from shipit.config.checks import check_job_order, check_linked
 from shipit.config.hostspec import Address, HostSyntaxError, check_port, check_user, parse_host
 from shipit.config.model import (
     HOOK_POINTS,
@@ -234,6 +235,8 @@ def resolve_stage(config: Config, name: str) -> StageConfig:
     parallelism = config.parallelism
     if stage.parallelism is not None:
         parallelism = _positive(stage.parallelism, lines, ("stages", name, "parallelism"))
+    check_linked(config, lines)
+    check_job_order(jobs.definitions, stage, name, lines)
     return StageConfig(
         name=name,
         application=config.application,

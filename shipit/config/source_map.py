@@ -51,6 +51,9 @@ class LineMap:
 
     file: str
     lines: dict[Path, int] = field(default_factory=dict)
+    # Values that came from the environment, as written: errors quote these, since the
+    # expanded value may be a secret.
+    written: dict[Path, str] = field(default_factory=dict)
 
     def line(self, path: Path) -> int | None:
         # Walk up to the nearest ancestor we know: a missing key is reported at its parent.
@@ -159,7 +162,10 @@ class _Builder:
                 one_line(f"{self.where(node, path)}: cannot read value: {reason}")
             ) from None
         if isinstance(value, str):
-            value = interpolate(value, self.environ, self.where(node, path))
+            expanded = interpolate(value, self.environ, self.where(node, path))
+            if expanded != value:
+                self.map.written[path] = value
+            value = expanded
         return value
 
     def key_text(self, node: Node, path: Path) -> str:

@@ -1,0 +1,74 @@
+"""Checks across keys that pydantic cannot make field by field: linked paths that would escape
+shared/, and job `after:` lists naming unknown jobs or going round in a circle (the restart
+order after a deploy would be undefined)."""
+
+from __future__ import annotations
+
+import posixpath
+
+from shipit.config.explain import suggest
+from shipit.config.model import Config, JobDefinition, StageEntry
+from shipit.config.source_map import LineMap, Path, fmt_path, one_line
+from shipit.errors import ConfigError
+
+
+def _fail(lines: LineMap, path: Path, message: str) -> ConfigError:
+    return ConfigError(one_line(f"{lines.where(path)}: {fmt_path(path)}: {message}"))
+
+
+def check_linked(config: Config, lines: LineMap) -> None:
+    """Linked files and dirs live in shared/: an absolute path or `..` would link (and on the
+    first deploy create) something outside the application's directory."""
+    for key in ("linked_files", "linked_dirs"):
+        for index, written in enumerate(getattr(config, key)):
+            path: Path = (key, index)
+            clean = posixpath.normpath(written) if written else ""
+            if not written or clean == ".":
+                raise _fail(lines, path, "empty path")
+            if written.startswith(("/", "~")):
+                raise _fail(lines, path, f"must be relative to shared/, got {written!r}")
+            if clean == ".." or clean.startswith("../"):
+                raise _fail(lines, path, f"must stay inside shared/, got {written!r}")
+
+
+def _definition_path(stage: StageEntry, stage_name: str, job: str) -> Path:
+    if stage.jobs is not None and job in stage.jobs.definitions:
+        return ("stages", stage_name, "jobs", "definitions", job)
+    return ("jobs", "definitions", job)
+
+
+def check_job_order(
+    definitions: dict[str, JobDefinition], stage: StageEntry, stage_name: str, lines: LineMap
+) -> None:
+    names = list(definitions)
+    for job, definition in definitions.items():
+        for index, before in enumerate(definition.after):
+            if before not in definitions:
+                path = (*_definition_path(stage, stage_name, job), "after", index)
+                raise _fail(lines, path, f"unknown job {before!r}{suggest(before, names)}")
+    done: set[str] = set()
+    for start in definitions:
+        trail: list[str] = []
+        _visit(start, definitions, trail, done, stage, stage_name, lines)
+
+
+def _visit(
+    job: str,
+    definitions: dict[str, JobDefinition],
+    trail: list[str],
+    done: set[str],
+    stage: StageEntry,
+    stage_name: str,
+    lines: LineMap,
+) -> None:
+    if job in done:
+        return
+    if job in trail:
+        circle = [*trail[trail.index(job) :], job]
+        path = (*_definition_path(stage, stage_name, circle[0]), "after")
+        raise _fail(lines, path, f"jobs wait for each other in a circle: {' -> '.join(circle)}")
+    trail.append(job)
+    for before in definitions[job].after:
+        _visit(before, definitions, trail, done, stage, stage_name, lines)
+    trail.pop()
+    done.add(job)
