@@ -304,6 +304,9 @@ class PostgresStore(Store):
             row = cur.fetchone()
             assert row
             now = float(row["now"])
+            # A separate statement on purpose: in READ COMMITTED its snapshot is taken after the
+            # lock was granted, so it sees any close that committed before. Folding the gate read
+            # into the lock statement would read a snapshot older than the lock.
             lease = self._gate(cur)
             if not row["granted"]:
                 # A close is in progress: the gate is as good as closed.
