@@ -10,7 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON="${PYTHON:-python3}"
+# A .venv made by an earlier run (see below) wins over the system Python.
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
 say() { printf 'install-test-deps: %s\n' "$*" >&2; }
 
 as_root() {
@@ -33,6 +36,7 @@ missing=()
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 have_postgres || missing+=(postgresql)
+command -v "$PYTHON" >/dev/null 2>&1 || missing+=(python3 python3-venv python3-pip)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
@@ -60,12 +64,31 @@ fi
 EXTRA_TEST_PACKAGES=(redis rq celery apprise)
 
 # Run from / so that `import shipit` finds the installed package, not this directory.
+case "$PYTHON" in */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd -P)/$(basename "$PYTHON")" ;; esac
 installed_from="$(cd / && "$PYTHON" -c 'import os, shipit; print(os.path.dirname(os.path.dirname(os.path.abspath(shipit.__file__))))' 2>/dev/null || true)"
 deps_ok=1
 (cd / && "$PYTHON" -c 'import fabric, invoke, paramiko, yaml, pydantic, click, rich, psycopg, cryptography, pytest, pytest_timeout, hypothesis, redis, rq, celery, apprise' 2>/dev/null) || deps_ok=0
-command -v ruff >/dev/null 2>&1 || deps_ok=0
+(cd / && "$PYTHON" -m ruff --version >/dev/null 2>&1) || deps_ok=0
+
+# Debian/Ubuntu's own Python refuses pip installs (PEP 668): use a .venv in the checkout;
+# scripts/test.sh picks it up.
+externally_managed() {
+    "$PYTHON" - <<'PY'
+import os, sys, sysconfig
+marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+sys.exit(0 if sys.prefix == sys.base_prefix and os.path.exists(marker) else 1)
+PY
+}
 
 if [ -z "$installed_from" ] || [ "$deps_ok" -eq 0 ]; then
+    if externally_managed; then
+        say "system Python is externally managed: creating .venv"
+        if ! "$PYTHON" -m venv .venv >/dev/null 2>&1; then
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            "$PYTHON" -m venv .venv
+        fi
+        PYTHON=.venv/bin/python
+    fi
     say "installing Python packages (pip install -e '.[test]' ${EXTRA_TEST_PACKAGES[*]})"
     "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]' "${EXTRA_TEST_PACKAGES[@]}"
 elif [ "$installed_from" != "$(pwd -P)" ]; then

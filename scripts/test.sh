@@ -14,4 +14,8 @@ if [ -z "${SHIPIT_PG_BIN:-}" ] && [ ! -x /usr/lib/postgresql/15/bin/initdb ]; th
     [ -n "$newest" ] && export SHIPIT_PG_BIN="$newest"
 fi
 
-exec "${PYTHON:-python3}" -m pytest -q -p no:cacheprovider "$@"
+# install-test-deps.sh makes a .venv where the system Python is externally managed.
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+exec "$PYTHON" -m pytest -q -p no:cacheprovider "$@"
