@@ -244,6 +244,8 @@ def read_yaml(text: str, file: str, environ: Mapping[str, str]) -> tuple[Any, Li
         raise ConfigError(one_line(f"{file}{line}: {problem}")) from None
     except yaml.YAMLError as exc:  # ReaderError: a character YAML does not allow
         raise ConfigError(one_line(f"{file}: {exc}")) from None
+    except RecursionError:
+        raise ConfigError(f"{file}: the document is nested too deeply") from None
     builder = _Builder(file, environ)
     if node is None:
         return None, builder.map

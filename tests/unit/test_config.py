@@ -414,3 +414,16 @@ def test_config_built_in_code_reports_without_line_numbers() -> None:
     assert str(caught.value) == (
         "shipit.yaml: deploy_to: must be an absolute path (or start with ~/), got 'relative'"
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a: " + "[" * 5000 + "]" * 5000, "\n".join(" " * i + f"k{i}:" for i in range(3000))],
+    ids=["flow", "block"],
+)
+def test_absurdly_nested_documents_are_refused_in_one_line(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "shipit.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: the document is nested too deeply"
