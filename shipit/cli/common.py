@@ -12,13 +12,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from shipit.config.model import StageConfig
 from shipit.errors import ShipitError
 from shipit.output import is_ci
+
+if TYPE_CHECKING:  # pydantic models load lazily: `shipit --help` should not pay for them
+    from shipit.config.model import StageConfig
 
 
 @dataclass

@@ -7,7 +7,7 @@ what comes back; none of them decides anything about a deploy itself.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -25,12 +25,14 @@ from shipit.cli.common import (
     split_csv,
     stdout_is_tty,
 )
-from shipit.config.model import StageConfig
 from shipit.errors import ShipitError
 from shipit.events import Event, EventBus
 from shipit.output import attach
 from shipit.output.format import line
 from shipit.output.mask import mask_event, mask_value
+
+if TYPE_CHECKING:  # pydantic models load lazily: `shipit --help` should not pay for them
+    from shipit.config.model import StageConfig
 
 STAGE = click.argument("stage", metavar="STAGE")
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
