@@ -133,6 +133,28 @@ def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | 
     return models[0] if models else None
 
 
+def _home_of(model: type[BaseModel], key: str) -> str | None:
+    """Where a misplaced key belongs: `branch` at the top goes under `source`."""
+    for name, field in model.model_fields.items():
+        for member in _members(field.annotation):
+            origin = typing.get_origin(member)
+            if origin is dict:
+                inner = typing.get_args(member)[1]
+                if (
+                    isinstance(inner, type)
+                    and issubclass(inner, BaseModel)
+                    and key in inner.model_fields
+                ):
+                    return f"{name}.<name>"
+            elif (
+                isinstance(member, type)
+                and issubclass(member, BaseModel)
+                and key in member.model_fields
+            ):
+                return name
+    return None
+
+
 def _shown(data: Any, path: Path, lines: LineMap) -> str:
     if path in lines.written:
         return f"{lines.written[path]!r} (from the environment)"
@@ -148,7 +170,9 @@ def _message(
     if kind == "extra_forbidden":
         model = _model_at(root, tagged[:-1])
         keys = list(model.model_fields) if model else []
-        return f"unknown key{suggest(str(path[-1]), keys)}"
+        hint = suggest(str(path[-1]), keys)
+        home = _home_of(model, str(path[-1])) if model and not hint else None
+        return f"unknown key{hint}" + (f" (it belongs under {home}:)" if home else "")
     if kind == "missing":
         return "required key is missing"
     if kind in _EXPECTED:
@@ -176,7 +200,10 @@ def _message(
 
 def explain(exc: ValidationError, root: type[BaseModel], data: Any, lines: LineMap) -> str:
     """The first problem in the file, as `file:line: key.path: message`."""
-    found: list[tuple[int, int, Path, str]] = []
+    # (missing?, line, order, path, message): a missing key is reported last, because a
+    # misspelt key (`stage:` for `stages:`) shows up as unknown AND missing, and the unknown
+    # one carries the hint.
+    found: list[tuple[bool, int, int, Path, str]] = []
     by_path: dict[Path, list[dict[str, Any]]] = {}
     for order, err in enumerate(exc.errors()):
         path, tagged = _split_loc(err["loc"], data, err["type"])
@@ -188,13 +215,13 @@ def explain(exc: ValidationError, root: type[BaseModel], data: Any, lines: LineM
         by_path.setdefault(path, []).append(err)
         msg = _message(err, path, tagged, root, data, lines)
         line = lines.line(path[:-1] if err["type"] == "missing" else path) or 0
-        found.append((line, order, path, msg))
+        found.append((err["type"] == "missing", line, order, path, msg))
     # A union (a host as text or as a mapping) fails on every branch. When one branch got
     # deeper than the union point, its error is the one that matches what the user wrote.
-    deep = {p[:i] for _, _, p, _ in found for i in range(len(p))}
-    found = [f for f in found if f[2] not in deep]
-    found.sort(key=lambda f: (f[0], f[1]))
-    line, _, path, msg = found[0]
+    deep = {f[3][:i] for f in found for i in range(len(f[3]))}
+    found = [f for f in found if f[3] not in deep]
+    found.sort(key=lambda f: f[:3])
+    _, line, _, path, msg = found[0]
     kinds = [e["type"] for e in by_path[path] if e["type"] in _EXPECTED]
     if len(kinds) > 1:
         wanted = " or ".join(dict.fromkeys(_EXPECTED[k] for k in kinds))
