@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from shipit.errors import CorruptState, FencingError
+from shipit.errors import CorruptState, FencingError, StoreUnavailable
 from shipit.gate import _common as c
 from shipit.gate.base import (
     ACTIVE_STATES,
@@ -74,8 +74,11 @@ class FileStore(Store):
         # heartbeat_stale is accepted for a uniform constructor; liveness here is the run lock.
         self.dir = os.path.abspath(directory)
         self.heartbeat_stale = heartbeat_stale
-        for sub in ("", "runs", "restarts"):
-            c.ensure_private_dir(os.path.join(self.dir, sub))
+        try:
+            for sub in ("", "runs", "restarts"):
+                c.ensure_private_dir(os.path.join(self.dir, sub))
+        except OSError as e:
+            raise StoreUnavailable(f"cannot open the job store {self.dir}: {e.strerror}") from None
         self.locks = c.RunLocks(os.path.join(self.dir, "runs"))
         self._mu = threading.RLock()  # flock is per open file: serialise this object's threads
         self._gate_path = os.path.join(self.dir, "gate.json")

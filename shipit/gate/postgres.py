@@ -149,7 +149,8 @@ class PostgresStore(Store):
                     self._conn = None
                     if attempt == 2:
                         raise self._unavailable(e) from None
-                except psycopg.DataError as e:
+                except psycopg.Error as e:
+                    # Missing tables, bad values: the store is damaged, not unreachable.
                     raise CorruptState(f"job store {redact(self._dsn)}: {e}") from None
         raise AssertionError("unreachable")
 

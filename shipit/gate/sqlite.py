@@ -74,12 +74,15 @@ class SQLiteStore(Store):
         self.path = os.path.abspath(path)
         self.heartbeat_stale = heartbeat_stale
         d = os.path.dirname(self.path)
-        c.ensure_private_dir(d)
-        c.ensure_private_dir(os.path.join(d, "runs"))
         self.locks = c.RunLocks(os.path.join(d, "runs"))
         self._mu = threading.RLock()
-        if not os.path.exists(self.path):
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        try:
+            c.ensure_private_dir(d)
+            c.ensure_private_dir(os.path.join(d, "runs"))
+            if not os.path.exists(self.path):
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError as e:
+            raise StoreUnavailable(f"cannot open the job store {self.path}: {e.strerror}") from None
         try:
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
@@ -99,7 +102,9 @@ class SQLiteStore(Store):
                     )
                 else:
                     c.check_schema(int(row[0]), self.path)
-        except sqlite3.DatabaseError as e:
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"cannot open the job store {self.path}: {e}") from None
+        except (sqlite3.DatabaseError, ValueError) as e:
             raise CorruptState(f"{self.path}: not a readable shipit job store ({e})") from None
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -113,11 +118,15 @@ class SQLiteStore(Store):
                 raise StoreUnavailable(f"cannot reach the job store {self.path}: {e}") from None
             try:
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            else:
                 db.execute("COMMIT")
+            except BaseException as e:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.OperationalError):  # locked, disk full, I/O error
+                    raise StoreUnavailable(f"job store {self.path}: {e}") from None
+                if isinstance(e, sqlite3.DatabaseError):
+                    raise CorruptState(f"{self.path}: {e}") from None
+                raise
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._mu:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shipit.config.model import JobsConfig, StageConfig
-from shipit.errors import StoreUnavailable, UsageError
+from shipit.errors import CorruptState, StoreUnavailable, UsageError
 from shipit.gate.base import ClaimSpec, Run
 from shipit.gate.file import FileStore
 from shipit.gate.postgres import PostgresStore
@@ -131,3 +131,17 @@ def test_postgres_survives_a_server_restart(pg_cluster, pg_dsn: str) -> None:  #
         assert store.heartbeat(run.id) is False
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("url", ["file:/proc/shipit-store", "sqlite:/proc/shipit-store/jobs.db"])
+def test_unusable_store_location_is_one_line_error(url: str) -> None:
+    with pytest.raises(StoreUnavailable) as info:
+        open_store(url)
+    assert "/proc/shipit-store" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sqlite_file_that_is_not_a_database(tmp_path: Path) -> None:
+    (tmp_path / "jobs.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(CorruptState) as info:
+        open_store(f"sqlite:{tmp_path / 'jobs.db'}")
+    assert str(tmp_path / "jobs.db") in str(info.value)
