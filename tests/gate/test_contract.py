@@ -271,3 +271,42 @@ def test_newer_schema_is_refused(store_factory: StoreFactory) -> None:
     with pytest.raises(CorruptState) as info:
         store_factory()
     assert "newer" in str(info.value) and str(SCHEMA_VERSION + 1) in str(info.value)
+
+
+def test_wait_gate_change_wakes_on_reopen(store_factory: StoreFactory) -> None:
+    deploy, job = store_factory(), store_factory()
+    lease = deploy.close_gate(holder="alice", deploy_id="d1", reason="r", ttl=60)
+    opener = threading.Timer(0.3, lambda: deploy.open_gate(lease.epoch, actor="alice"))
+    opener.start()
+    job.wait_gate_change(60)
+    # Had the wait returned before the reopen, the gate would still read closed here.
+    assert job.gate().state == "open"
+    claimed(job.claim(spec()))
+    opener.join()
+
+
+def _close_worker(url: str, n: int, start: object, out: object) -> None:
+    store = open_store(url)
+    start.wait()  # type: ignore[attr-defined]
+    try:
+        lease = store.close_gate(holder=f"deployer-{n}", deploy_id=f"d{n}", reason="r", ttl=60)
+        out.put(("won", lease.epoch))  # type: ignore[attr-defined]
+    except GateHeld:
+        out.put(("held", 0))  # type: ignore[attr-defined]
+    finally:
+        store.close()
+
+
+def test_two_deploys_cannot_both_close(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    ctx = multiprocessing.get_context("fork")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_close_worker, args=(store_factory.url, n, start, out)) for n in range(10)]
+    for p in procs:
+        p.start()
+    start.set()
+    results = sorted(out.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(30)
+    assert results == [("held", 0)] * 9 + [("won", 1)]
+    assert [a.action for a in store.audit_log()] == ["close"]
