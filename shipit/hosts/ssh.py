@@ -199,7 +199,8 @@ class SSHHost(Host):
         on_line: LineCallback | None = None,
     ) -> CommandResult:
         conn = self._open()
-        self.commands += 1
+        with self._lock:
+            self.commands += 1
         writer = LineWriter(on_line) if on_line else None
         start = time.monotonic()
         try:
@@ -211,8 +212,16 @@ class SSHHost(Host):
             result = timed_out_result(self.name, command, exc, time.monotonic() - start)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             with self._lock:
-                self._drop()
+                if self._conn is conn:
+                    self._drop()
             raise HostError(f"[{self.name}] connection lost: {_reason(exc)}") from None
+        if result.exit_code == -1 and not conn.is_connected:
+            # Paramiko reports -1 when the channel closed without an exit status: the host
+            # went away mid-command, which is not the command failing.
+            with self._lock:
+                if self._conn is conn:
+                    self._drop()
+            raise HostError(f"[{self.name}] connection lost while running: {command}")
         if writer:
             writer.flush()
         if check and not result.ok:

@@ -232,3 +232,66 @@ def test_local_put_into_missing_dir_is_a_one_line_error(local_host: Host, tmp_pa
     with pytest.raises(Exception) as info:
         local_host.put(str(source), str(tmp_path / "missing" / "f"))
     assert "cannot copy" in str(info.value)
+
+
+def test_host_dying_mid_command_is_a_host_error_not_a_failed_command(sshd_hosts) -> None:
+    (target,) = sshd_hosts(1)
+    host = SSHHost(target.spec(), target.ssh)
+
+    def on_line(line: str) -> None:
+        if line == "started":
+            target.kill()
+
+    with pytest.raises(HostError, match=r"connection lost"):
+        host.run("echo started; sleep 30", on_line=on_line)
+    host.close()
+
+
+def test_commands_from_several_threads_share_the_connection(ssh_hosts3: list[TestHost]) -> None:
+    target = ssh_hosts3[0]
+    host = SSHHost(target.spec(), target.ssh)
+    outputs: dict[int, str] = {}
+    barrier = threading.Barrier(4, timeout=10)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        outputs[i] = host.run(f"echo {i}").stdout
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outputs == {i: f"{i}\n" for i in range(4)}
+    assert (host.connections, host.commands) == (1, 4)
+    host.close()
+
+
+def test_jump_host_reaches_the_target_through_the_gateway(sshd_hosts) -> None:
+    gateway, target = sshd_hosts(2)
+    ssh = target.ssh.model_copy(update={"jump_host": gateway.name})
+    with SSHHost(target.spec(), ssh) as host:
+        # The target sees the session coming from the gateway's sshd, not from us directly.
+        out = host.run("echo $SSH_CONNECTION").stdout.split()
+    assert out[2:] == ["127.0.0.1", str(target.port)]
+    # Kill the gateway: the target becomes unreachable through it.
+    gateway.kill()
+    with SSHHost(target.spec(), ssh) as host, pytest.raises(HostError):
+        host.run("true")
+
+
+def test_ssh_config_file_supplies_hostname_port_user_and_key(
+    ssh_hosts3: list[TestHost], tmp_path: Path
+) -> None:
+    target = ssh_hosts3[0]
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        "Host web1\n"
+        "    HostName 127.0.0.1\n"
+        f"    Port {target.port}\n"
+        "    User root\n"
+        f"    IdentityFile {target.ssh.identity_file}\n"
+    )
+    ssh = SSHConfig(known_hosts=target.ssh.known_hosts, config_file=str(config))
+    with SSHHost(HostSpec(name="web1", hostname="web1"), ssh) as host:
+        assert host.run("echo via-config").stdout == "via-config\n"
