@@ -158,6 +158,10 @@ def _home_of(model: type[BaseModel], key: str) -> str | None:
 def _shown(data: Any, path: Path, lines: LineMap) -> str:
     if path in lines.written:
         return f"{lines.written[path]!r} (from the environment)"
+    value = _value_at(data, path)
+    if path in lines.raw and isinstance(value, int | float) and not isinstance(value, bool):
+        text = lines.raw[path]
+        return text if len(text) <= 60 else text[:57] + "..."
     return describe(_value_at(data, path))
 
 
@@ -175,6 +179,9 @@ def _message(
         return f"unknown key{hint}" + (f" (it belongs under {home}:)" if home else "")
     if kind == "missing":
         return "required key is missing"
+    if kind == "string_type" and isinstance(value, bool | int | float):
+        # YAML reads `branch: 1.0` or `user: yes` as a number or a boolean.
+        return f"expected a string, got {shown} (put it in quotes to keep it as text)"
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}, got {shown}"
     if kind == "literal_error":

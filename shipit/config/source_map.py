@@ -54,6 +54,8 @@ class LineMap:
     # Values that came from the environment, as written: errors quote these, since the
     # expanded value may be a secret.
     written: dict[Path, str] = field(default_factory=dict)
+    # The text of values YAML read as numbers, booleans or null: `1.10` is shown as written.
+    raw: dict[Path, str] = field(default_factory=dict)
 
     def line(self, path: Path) -> int | None:
         # Walk up to the nearest ancestor we know: a missing key is reported at its parent.
@@ -161,7 +163,9 @@ class _Builder:
             raise ConfigError(
                 one_line(f"{self.where(node, path)}: cannot read value: {reason}")
             ) from None
-        if isinstance(value, str):
+        if not isinstance(value, str):
+            self.map.raw[path] = str(node.value)
+        else:
             expanded = interpolate(value, self.environ, self.where(node, path))
             if expanded != value:
                 self.map.written[path] = value
