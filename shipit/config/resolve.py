@@ -123,17 +123,25 @@ def _address(entry: str | HostEntry, lines: LineMap, path: Path) -> Address:
         raise _fail(lines, path, str(exc)) from None
 
 
+def _check_ssh_defaults(stage: StageEntry, name: str, ssh: SSHConfig, lines: LineMap) -> None:
+    """ssh.user / ssh.port end up in every host without its own: check them like a host's."""
+    for key, check in (("user", check_user), ("port", check_port)):
+        value = getattr(ssh, key)
+        if value is None:
+            continue
+        try:
+            check(value)
+        except HostSyntaxError as exc:
+            in_stage = stage.ssh is not None and key in stage.ssh.model_fields_set
+            where: Path = ("stages", name, "ssh", key) if in_stage else ("ssh", key)
+            raise _fail(lines, where, str(exc)) from None
+
+
 def _hosts(
     config: Config, stage: StageEntry, name: str, ssh: SSHConfig, lines: LineMap
 ) -> tuple[HostSpec, ...]:
     base_vars = {**config.vars, **stage.vars}
-    if ssh.port is not None:
-        stage_port = stage.ssh is not None and "port" in stage.ssh.model_fields_set
-        try:
-            check_port(ssh.port)
-        except HostSyntaxError as exc:
-            where: Path = ("stages", name, "ssh", "port") if stage_port else ("ssh", "port")
-            raise _fail(lines, where, str(exc)) from None
+    _check_ssh_defaults(stage, name, ssh, lines)
     specs: list[HostSpec] = []
     seen: dict[tuple[Any, ...], int] = {}
     for index, entry in enumerate(stage.hosts):
