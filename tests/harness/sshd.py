@@ -14,7 +14,7 @@ Fixtures
   ssh_client_key    session-scoped (private key path, public key line).
   ssh_known_hosts   session-scoped path of the known_hosts file holding every host's key.
 
-A TestHost (see the class) gives: name ("root@127.0.0.1:PORT"), port, spec() -> HostSpec,
+A TestHost (see the class) gives: name ("root@127.0.0.1:PORT", the user running the tests), port, spec() -> HostSpec,
 ssh -> SSHConfig (identity_file, known_hosts, strict), kill() / start() to take the host
 down and bring it back with the same key, new_host_key() to make its key "change".
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -59,6 +60,8 @@ from shipit.config.model import HostSpec, SSHConfig
 SSHD = "/usr/sbin/sshd"
 SHIPIT_COMMAND = f"{sys.executable} -m shipit"
 START_TIMEOUT = 10.0
+# Whoever runs the suite logs in as themselves (root in CI containers).
+USER = pwd.getpwuid(os.getuid()).pw_name
 
 
 def require(path: str, what: str) -> None:
@@ -167,7 +170,7 @@ class TestHost:
 
     @property
     def name(self) -> str:
-        return f"root@127.0.0.1:{self.port}"
+        return f"{USER}@127.0.0.1:{self.port}"
 
     @property
     def ssh(self) -> SSHConfig:
@@ -182,7 +185,7 @@ class TestHost:
         fields: dict[str, Any] = {
             "name": self.name,
             "hostname": "127.0.0.1",
-            "user": "root",
+            "user": USER,
             "port": self.port,
         }
         fields.update(overrides)
@@ -329,8 +332,9 @@ def write_shipit_yaml(
 @pytest.fixture(scope="session")
 def sshd_pool(tmp_path_factory: pytest.TempPathFactory) -> SSHDPool:
     require(SSHD, "sshd")
-    # Privilege separation dir; sshd refuses to start without it.
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    # Privilege separation dir; sshd started by root refuses to run without it.
+    with contextlib.suppress(PermissionError):
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     root = tmp_path_factory.mktemp("sshd")
     root.chmod(0o700)
     private, public = generate_ed25519()
