@@ -483,8 +483,8 @@ class PostgresStore(Store):
         deadline = time.monotonic() + max(0.0, timeout)
         if not ids:
             return
-        self._listen()
         while True:
+            self._listen()  # again each round: a listener lost to a server restart comes back
             self._drain()  # stale notifications must not cut this wait short
 
             def tx(cur: psycopg.Cursor[dict[str, Any]]) -> float | None:
