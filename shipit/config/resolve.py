@@ -2,7 +2,8 @@
 
 Precedence is top-level < stage < host. Stage `ssh:` and `jobs:` override field by field (only
 the fields the stage writes); `jobs.definitions` merge by job name. Hooks run top-level steps
-first, then the stage's, per hook point. A stage's `notify:` list replaces the top-level one. Vars merge key by key (not deeply).
+first, then the stage's, per hook point. A stage's `notify:` list replaces the top-level one.
+Vars merge key by key (not deeply).
 
 Paths: `deploy_to` must be absolute (or start with `~/`, the deploy user's home). A relative
 `source.dir`, `jobs.path` or local `source.repo` path is taken relative to the directory

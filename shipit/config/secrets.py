@@ -56,7 +56,10 @@ def secret_values(stage: StageConfig, *, environ: Mapping[str, str] | None = Non
     for target in stage.notify:
         # Webhook and apprise URLs carry their tokens in the path, query or host part.
         found.update(u for u in (target.apprise, target.webhook) if u)
-        found.update(v for k, v in target.headers.items() if _SENSITIVE_HEADER.search(k))
+        for key, value in target.headers.items():
+            if _SENSITIVE_HEADER.search(key):
+                # `Bearer <token>`: the token alone may show up elsewhere too.
+                found.update({value, value.split(" ", 1)[-1].strip()})
     dsn = env.get(stage.jobs.dsn_env)
     if dsn:
         found.add(dsn)
