@@ -16,7 +16,7 @@ from invoke.exceptions import CommandTimedOut
 from invoke.runners import Local
 
 from shipit.config.model import HostSpec
-from shipit.errors import CommandFailed, ShipitError
+from shipit.errors import CommandFailed, HostError, ShipitError
 from shipit.hosts.base import CommandResult, Host, LineCallback
 from shipit.hosts.streams import LineWriter, run_kwargs, timed_out_result
 
@@ -28,7 +28,13 @@ class _GroupLocal(Local):
     output pipe open and the timeout does not end the wait; killing the group does. And its
     answer to Ctrl-C without a pty is writing ^C to the child's stdin and waiting on, where a
     deploy must stop instead: end the group and let the interrupt rise.
+
+    Being its own group, the command no longer gets the terminal's Ctrl-C with shipit, so the
+    owning LocalHost keeps the running groups in `running` and close() ends them.
     """
+
+    running: set[int] = set()
+    lock = threading.Lock()
 
     def start(self, command: str, shell: str, env: dict[str, Any]) -> None:
         self.process = Popen(
@@ -41,6 +47,13 @@ class _GroupLocal(Local):
             stdin=PIPE,
             start_new_session=True,
         )
+        with self.lock:
+            self.running.add(self.process.pid)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.running.discard(self.process.pid)
+        super().stop()
 
     def _signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -59,13 +72,17 @@ class LocalHost(Host):
         super().__init__(spec)
         self._context: Context | None = None
         self._lock = threading.Lock()
+        # This host's own runner class, so close() ends only this host's commands.
+        self._runner = type("_HostLocal", (_GroupLocal,), {"running": set(), "lock": self._lock})
+        self._closed = False
 
     def _ctx(self) -> Context:
         with self._lock:
             if self._context is None:
-                config = Config(overrides={"runners": {"local": _GroupLocal}})
+                config = Config(overrides={"runners": {"local": self._runner}})
                 self._context = Context(config=config)
                 self.connections = 1
+                self._closed = False
             return self._context
 
     def run(
@@ -78,7 +95,8 @@ class LocalHost(Host):
         on_line: LineCallback | None = None,
     ) -> CommandResult:
         ctx = self._ctx()
-        self.commands += 1
+        with self._lock:
+            self.commands += 1
         writer = LineWriter(on_line) if on_line else None
         start = time.monotonic()
         try:
@@ -90,6 +108,8 @@ class LocalHost(Host):
             result = timed_out_result(self.name, command, exc, time.monotonic() - start)
         if writer:
             writer.flush()
+        if self._closed and not result.ok:
+            raise HostError(f"[{self.name}] closed while running: {command}")
         if check and not result.ok:
             raise CommandFailed(self.name, command, result.exit_code, result.stdout + result.stderr)
         return result
@@ -105,4 +125,12 @@ class LocalHost(Host):
         self.uploads += 1
 
     def close(self) -> None:
-        self._context = None
+        """Forget the context and end commands still running in other threads (an
+        interrupted deploy closes its hosts to free the fan-out threads)."""
+        with self._lock:
+            self._context = None
+            self._closed = True
+            running = list(self._runner.running)
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)

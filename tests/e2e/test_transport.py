@@ -295,3 +295,25 @@ def test_ssh_config_file_supplies_hostname_port_user_and_key(
     ssh = SSHConfig(known_hosts=target.ssh.known_hosts, config_file=str(config))
     with SSHHost(HostSpec(name="web1", hostname="web1"), ssh) as host:
         assert host.run("echo via-config").stdout == "via-config\n"
+
+
+def test_close_ends_a_command_running_in_another_thread(any_host: Host) -> None:
+    # What an interrupted deploy relies on: closing the hosts frees the fan-out threads.
+    host = any_host
+    started = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def work() -> None:
+        try:
+            host.run("echo started; sleep 30", on_line=lambda line: started.set())
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    assert started.wait(10)
+    host.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], HostError)
