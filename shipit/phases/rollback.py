@@ -57,7 +57,9 @@ def rollback(ctx: DeployContext, *, outcome: str = "failed", error: str | None =
     problems: list[str] = []
     if not wait_idle(ctx, CRITICAL_WAIT):
         problems.append("a host step was still running when recovery started")
-    record = record_json(make_record(ctx, outcome, error))
+    # The record is written by the switch-back itself: on a host where that fails, no record.
+    written = "rolled_back" if ctx.switched and outcome == "failed" else outcome
+    record = record_json(make_record(ctx, written, error))
     reachable = [h for h in ctx.hosts if h.name not in st.unreachable and h.name in ctx.facts]
 
     def back(host: Host) -> None:
