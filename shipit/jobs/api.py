@@ -25,8 +25,10 @@ the block ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import signal
 import sys
 import threading
@@ -75,7 +77,12 @@ class JobRun:
         self.store_url = store_url
         self._store = store
         self._store_lock = threading.Lock()
-        self._stop = threading.Event()
+        # A plain flag plus a self-pipe, not a threading.Event: the SIGTERM handler runs in the
+        # main thread, possibly while that thread is inside Event.wait() holding the Event's
+        # lock, and would deadlock setting it. A pipe write is safe anywhere and wakes sleep().
+        self._stopped = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self._signalled = False
         self._can_signal = False
         self._last_poll = 0.0
@@ -97,18 +104,31 @@ class JobRun:
     # -- stop requests ------------------------------------------------------------------------
     def should_stop(self) -> bool:
         """True once the job was asked to stop (SIGTERM, or a stop request in the store)."""
-        if self._stop.is_set():
+        if self._stopped:
             return True
         if not self._can_signal and time.monotonic() - self._last_poll >= _POLL_EVERY:
             # No SIGTERM handler (job() entered outside the main thread): ask the store.
             self._last_poll = time.monotonic()
             with self._store_lock:
                 if self._with_store().heartbeat(self.id):
-                    self._stop.set()
-        return self._stop.is_set()
+                    self._on_stop_request()
+        return self._stopped
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, waking as soon as a stop is requested; returns should_stop()."""
+        deadline = time.monotonic() + max(0.0, seconds)
+        # Woken through the pipe by the SIGTERM handler or the heartbeat thread. Slices of at most
+        # _POLL_EVERY: a signal the kernel delivers to another thread (one of the job's own) only
+        # runs our Python handler once the main thread wakes up; and without a handler
+        # (attached, not the main thread) should_stop() asks the store between slices.
+        while not self.should_stop() and (left := deadline - time.monotonic()) > 0:
+            select.select([self._wake_r], [], [], min(left, _POLL_EVERY))
+        return self.should_stop()
 
     def _on_stop_request(self) -> None:
-        self._stop.set()
+        self._stopped = True
+        with contextlib.suppress(OSError):  # full pipe: a wake-up is already pending
+            os.write(self._wake_w, b"!")
 
     # -- checkpoints and progress -------------------------------------------------------------
     def checkpoint(self, state: Any, *, every: int = 1) -> None:
@@ -126,7 +146,7 @@ class JobRun:
         if every < 1:
             raise ValueError("checkpoint(every=N) needs N >= 1")
         self._calls += 1
-        if self._calls % every == 0 or self._stop.is_set():
+        if self._calls % every == 0 or self._stopped:
             self._write_checkpoint(state)
         else:
             self._pending = (state,)
@@ -159,7 +179,7 @@ class JobRun:
         progress = cast("tuple[float, float]", self._progress)
         with self._store_lock:
             if self._with_store().heartbeat(self.id, progress=progress):
-                self._stop.set()
+                self._on_stop_request()
         self._progress_at = time.monotonic()
         self._progress_written = True
 
@@ -167,6 +187,9 @@ class JobRun:
         if self._store is not None:
             self._store.close()
             self._store = None
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def current_run() -> JobRun | None:
@@ -234,6 +257,9 @@ class _Heartbeat(threading.Thread):
         self.done = threading.Event()
 
     def run(self) -> None:
+        # Leave SIGTERM/SIGUSR1 to the main thread: delivered here, they would not interrupt the
+        # main thread's sleep(), and the job would notice its stop request late.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGUSR1, signal.SIGINT})
         while not self.done.is_set():
             self.wake.wait(self.interval)
             self.wake.clear()
@@ -354,14 +380,15 @@ def _standalone(
         state, code, message = FAILED, 1, f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        beat.stop()
+        # Handlers first: the SIGUSR1 one touches beat.wake, which beat.stop() is about to set.
         _restore_handlers(saved)
+        beat.stop()
         _set_current(None)
         try:
             run.flush()
         except Exception as exc:  # noqa: BLE001 - the outcome must still be recorded
             message = f"last checkpoint not saved: {exc}"
-        if run._stop.is_set() and state != FAILED:
+        if run._stopped and state != FAILED:
             state = CHECKPOINTED if run.checkpointed else INTERRUPTED
             message = message or ("stopped after saving a checkpoint" if run.checkpointed
                                   else "stopped without a checkpoint")

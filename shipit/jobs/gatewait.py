@@ -11,9 +11,11 @@ from collections.abc import Callable
 from shipit.errors import GateWaitTimeout
 from shipit.gate.base import ClaimSpec, Lease, Run, Store
 
-# Never sleep longer than this between claims even if the backend promises to wake us: a missed
-# wake-up then costs at most this much, not the whole --max-wait.
-_MAX_SLICE = 30.0
+# Never sleep longer than this between claims even if the backend promises to wake us. The
+# backends' wait_gate_change() waits for a change from what THEY read on entry, so a reopen that
+# lands between our claim and that read is missed; the re-check below narrows that window to
+# microseconds and this cap bounds what is left of it.
+_MAX_SLICE = 2.0
 # Re-claim slightly after the lease's expiry (an expired lease counts as open), never busy-loop
 # when the store's clock is behind ours.
 _EXPIRY_MARGIN = 0.05
@@ -64,5 +66,7 @@ def claim_when_open(
                 f"job {spec.job} gave up after waiting {max_wait:g}s at the closed gate"
                 f" ({describe_lease(lease)})"
             )
+        if not store.gate().is_closed(time.time()):
+            continue  # reopened (or expired) while we were announcing: claim again at once
         until_expiry = lease.expires_at - time.time() + _EXPIRY_MARGIN
         store.wait_gate_change(max(_MIN_SLICE, min(remaining, until_expiry, _MAX_SLICE)))

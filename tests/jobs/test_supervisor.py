@@ -207,7 +207,7 @@ def test_continue_hands_over_state_and_items_run_exactly_once(
 def test_shell_job_checkpoints_through_the_cli_and_resumes(
     job_store: JobStore, tmp_path: Path
 ) -> None:
-    out, total = tmp_path / "count.txt", 40
+    out, total = tmp_path / "count.txt", 12
     env = job_env(job_store.env, COUNT_DELAY="0.05")
     cmd = ["sh", str(EXAMPLES / "count.sh"), str(total), str(out)]
     first = start(job_store.url, cmd, "--grace", "20", env=env)
