@@ -67,14 +67,9 @@ def call_agent(
     """Run one agent op on `host`. Returns its result; raises GateHeld / StoreUnavailable / ...
     (message prefixed with the host) or AgentError carrying the agent's payload."""
     final: dict[str, Any] = {}
-    seen: list[bool] = []
     lock = threading.Lock()
 
-    def streamed(text: str) -> None:
-        seen.append(True)
-        line(text)
-
-    def line(text: str) -> None:
+    def line(text: str, *, events: bool = True) -> None:
         text = text.strip()
         if not text.startswith("{"):
             return
@@ -84,19 +79,27 @@ def call_agent(
             return
         if "event" in obj:
             kind = obj.pop("event")
-            if kind != "tick" and on_event is not None:
+            if events and kind != "tick" and on_event is not None:
                 on_event(kind, obj)
             return
         with lock:
             final.update(obj)
 
+    streamed: list[str] = []
+
+    def on_line(text: str) -> None:
+        streamed.append(text)
+        line(text)
+
     command = agent_command(shipit_command, op)
     res = host.run(command, check=False, timeout=timeout, stdin=json.dumps(opts) + "\n",
-                   on_line=streamed)
-    if not seen:
-        # Lines may also come only with the final stdout (transports without streaming).
+                   on_line=on_line)
+    if "result" not in final and "error" not in final:
+        # Invoke may return before its stdout thread has handed over the last lines (it joins
+        # that thread with a 1 s timeout once stderr has closed), but the captured stdout is
+        # complete: take the outcome from it, and the events only if none were streamed.
         for text in res.stdout.splitlines():
-            line(text)
+            line(text, events=not streamed)
     if "result" in final and res.exit_code == 0:
         return dict(final["result"] or {})
     if "error" in final:

@@ -42,7 +42,8 @@ STATEFUL_JOB = textwrap.dedent(
             sys.exit(0)
         time.sleep(delay)
         with open(out, "a") as fh:
-            fh.write(f"{i} {os.environ['SHIPIT_ATTEMPT']}\\n")
+            rel = os.path.basename(os.path.realpath(os.getcwd()))
+            fh.write(f"{i} {os.environ['SHIPIT_ATTEMPT']} {rel}\\n")
         i += 1
     """
 )

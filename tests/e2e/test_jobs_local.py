@@ -1,0 +1,245 @@
+"""Jobs through whole deploys and the CLI on the `local` host with the SQLite store: real
+`shipit deploy`, real supervisors, real signals; invariants read back from the store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shipit.gate.base import CHECKPOINTED, FINISHED, Run
+from shipit.gate.sqlite import SQLiteStore
+from tests.jobs.deploy_kit import SHIPIT, STATEFUL_JOB, kill_group, start_job, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+class Project:
+    def __init__(self, root: Path, **jobs: object) -> None:
+        self.root = root
+        self.src = root / "src"
+        self.src.mkdir()
+        (self.src / "stateful.py").write_text(STATEFUL_JOB)
+        self.deploy_to = root / "app"
+        self.data = root / "data"
+        self.data.mkdir()
+        cfg = {
+            "application": "t",
+            "source": {"dir": str(self.src)},
+            "deploy_to": str(self.deploy_to),
+            "shipit_command": f"{sys.executable} -m shipit",
+            "jobs": {"store": "sqlite", "lease_ttl": 3, "drain_timeout": 0.5, "grace": 5, **jobs},
+            "stages": {"s": {"hosts": ["local"]}},
+        }
+        (root / "shipit.yaml").write_text(yaml.safe_dump(cfg))
+        self.url = f"sqlite:{self.deploy_to}/shared/shipit/jobs.db"
+
+    def shipit(self, *args: str, env: dict[str, str] | None = None,
+               check: bool = False) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*SHIPIT, *args], cwd=self.root, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, **(env or {})}, check=False)
+        if check:
+            assert proc.returncode == 0, proc.stderr
+        return proc
+
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen([*SHIPIT, *args], cwd=self.root, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **(env or {})})
+
+    def store(self) -> SQLiteStore:
+        return SQLiteStore(str(self.deploy_to / "shared" / "shipit" / "jobs.db"))
+
+    def current(self) -> str:
+        return os.path.basename(os.readlink(self.deploy_to / "current"))
+
+    def start_stateful(self, total: int = 150, delay: float = 0.02) -> tuple[subprocess.Popen[bytes], Path]:
+        out = self.data / "items.txt"
+        cmd = [sys.executable, "stateful.py", str(total), str(out), str(delay)]
+        return start_job(self.url, "crunch", cmd, host="local",
+                         cwd=str(self.deploy_to / "current"), grace=5), out
+
+
+def items(out: Path) -> list[tuple[int, int, str]]:
+    rows = [line.split() for line in out.read_text().splitlines()]
+    return [(int(a), int(b), c) for a, b, c in rows]
+
+
+def continuation(store: SQLiteStore, run_id: str) -> Run | None:
+    return next((r for r in store.list_runs() if r.continues == run_id), None)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    p = Project(tmp_path)
+    p.shipit("deploy", "s", check=True)
+    return p
+
+
+def test_deploy_stops_a_stateful_job_and_resumes_it_once_on_the_new_release(project):
+    proc, out = project.start_stateful(total=100000)
+    first = project.current()
+    store = project.store()
+    try:
+        wait_for(lambda: out.exists() and len(items(out)) >= 5, what="the job to make progress")
+        res = project.shipit("deploy", "s")
+        assert res.returncode == 0, res.stderr
+        second = project.current()
+        assert second != first
+        old = next(r for r in store.list_runs() if r.job == "crunch" and r.attempt == 1)
+        assert old.state == CHECKPOINTED
+        new = wait_for(lambda: continuation(store, old.id), what="the restarted run")
+        wait_for(lambda: sum(1 for _, a, _ in items(out) if a == 2) >= 3, what="the restarted run to work")
+        assert [r.id for r in store.list_runs() if r.continues == old.id] == [new.id]
+        rows = items(out)
+        # Every item exactly once, in order, across the two runs: the restart took the checkpoint.
+        assert [n for n, _, _ in rows] == list(range(1, len(rows) + 1))
+        assert {rel for _, attempt, rel in rows if attempt == 2} == {second}
+        assert {rel for _, attempt, rel in rows if attempt == 1} == {first}
+        assert not store.gate().is_closed(time.time())
+    finally:
+        store.close()
+        kill_group(proc)
+        _kill_jobs(project)
+
+
+def test_a_deploy_killed_mid_drain_leaves_a_gate_that_expires_and_reconcile_restarts_once(project):
+    proc, out = project.start_stateful(total=100000, delay=0.02)
+    store = project.store()
+    deploy = None
+    try:
+        wait_for(lambda: out.exists() and len(items(out)) >= 3, what="the job to make progress")
+        # drain_timeout 0.5 then terminate, grace 30: the stop request lands, then we kill the deploy.
+        project_cfg = yaml.safe_load((project.root / "shipit.yaml").read_text())
+        project_cfg["jobs"]["grace"] = 30
+        (project.root / "shipit.yaml").write_text(yaml.safe_dump(project_cfg))
+        deploy = project.popen("deploy", "s")
+        stopped = wait_for(
+            lambda: next((r for r in store.list_runs() if r.stop_requested_at), None),
+            what="the deploy to ask the job to stop",
+        )
+        os.kill(deploy.pid, signal.SIGKILL)
+        deploy.wait(timeout=10)
+        assert store.gate().is_closed(time.time())
+        wait_for(lambda: store.get_run(stopped.id).state == CHECKPOINTED, what="the checkpoint")
+        # Nobody renews any more: the gate counts as open once the TTL (3s) runs out.
+        wait_for(lambda: not store.gate().is_closed(time.time()), timeout=60, what="the lease to expire")
+        assert continuation(store, stopped.id) is None
+        racers = [project.popen("jobs", "reconcile", "s") for _ in range(3)]
+        for r in racers:
+            r.wait(timeout=60)
+            assert r.returncode == 0, r.stderr.read()  # type: ignore[union-attr]
+        new = wait_for(lambda: continuation(store, stopped.id), what="the restarted run")
+        assert [r.id for r in store.list_runs() if r.continues == stopped.id] == [new.id]
+        wait_for(lambda: any(a == 2 for _, a, _ in items(out)), what="the restarted run to work")
+        numbers = [n for n, _, _ in items(out)]
+        assert numbers == list(range(1, len(numbers) + 1))
+    finally:
+        store.close()
+        if deploy and deploy.poll() is None:
+            deploy.kill()
+        kill_group(proc)
+        _kill_jobs(project)
+
+
+def _kill_jobs(project: Project) -> None:
+    s = project.store()
+    try:
+        for r in s.list_runs():
+            if r.pid and s.is_alive(r):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(r.pid, signal.SIGKILL)
+    finally:
+        s.close()
+
+
+def test_racing_lock_acquire_exactly_one_wins(project):
+    racers = [project.popen("lock", "acquire", "s", "-m", f"racer {i}") for i in range(4)]
+    results = [(r.wait(timeout=60), r.stderr.read()) for r in racers]  # type: ignore[union-attr]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 3, 3, 3]
+    for code, err in results:
+        if code == 3:
+            assert "held by" in err and "racer" in err and "expires" in err
+    deploy = project.shipit("deploy", "s")
+    assert deploy.returncode == 3 and "racer" in deploy.stdout + deploy.stderr
+
+
+def test_pause_makes_new_jobs_wait_and_resume_lets_them_run(project):
+    project.shipit("jobs", "pause", "s", "-m", "db migration", check=True)
+    marker = project.root / "ran"
+    late = start_job(project.url, "late", ["touch", str(marker)], host="local")
+    store = project.store()
+    try:
+        assert "db migration" in project.shipit("status", "s").stdout
+        assert not marker.exists()
+        project.shipit("jobs", "resume", "s", check=True)
+        late.wait(timeout=30)
+        assert late.returncode == 0 and marker.exists()
+        assert [r.state for r in store.list_runs() if r.job == "late"] == [FINISHED]
+    finally:
+        store.close()
+        if late.poll() is None:
+            kill_group(late)
+
+
+def test_releasing_someone_elses_lock_needs_force_and_is_audited(project):
+    project.shipit("lock", "acquire", "s", "-m", "bob's", env={"SHIPIT_ACTOR": "bob@box"}, check=True)
+    refused = project.shipit("lock", "release", "s", env={"SHIPIT_ACTOR": "alice@box"})
+    assert refused.returncode == 3 and "bob@box" in refused.stderr and "--force" in refused.stderr
+    project.shipit("lock", "release", "s", "--force", env={"SHIPIT_ACTOR": "alice@box"}, check=True)
+    store = project.store()
+    try:
+        assert not store.gate().is_closed(time.time())
+        forced = [a for a in store.audit_log() if a.forced]
+        assert forced and forced[0].actor == "alice@box"
+    finally:
+        store.close()
+
+
+def test_abort_policy_fails_the_deploy_and_leaves_the_job_running(project):
+    cfg = yaml.safe_load((project.root / "shipit.yaml").read_text())
+    cfg["jobs"]["drain_policy"] = "abort"
+    (project.root / "shipit.yaml").write_text(yaml.safe_dump(cfg))
+    first = project.current()
+    proc = start_job(project.url, "forever", ["sleep", "60"], host="local")
+    store = project.store()
+    try:
+        wait_for(lambda: any(r.job == "forever" for r in store.list_runs()), what="the job")
+        res = project.shipit("deploy", "s")
+        assert res.returncode == 1 and "forever" in res.stdout + res.stderr
+        assert project.current() == first
+        assert not store.gate().is_closed(time.time())
+        run = next(r for r in store.list_runs() if r.job == "forever")
+        assert store.is_alive(run) and run.stop_requested_at is None
+    finally:
+        store.close()
+        kill_group(proc)
+
+
+def test_status_and_list_show_the_running_job(project):
+    proc = start_job(project.url, "visible", ["sleep", "60"], host="local")
+    store = project.store()
+    try:
+        run = wait_for(lambda: next((r for r in store.list_runs() if r.job == "visible"), None),
+                       what="the job")
+        status = project.shipit("status", "s")
+        assert status.returncode == 0
+        assert run.id in status.stdout and "running" in status.stdout
+        assert project.current() in status.stdout
+        listed = project.shipit("jobs", "list", "s", "--state", "running", "--json")
+        assert run.id in listed.stdout
+        shown = project.shipit("jobs", "show", "s", run.id)
+        assert shown.returncode == 0 and "visible" in shown.stdout
+        missing = project.shipit("jobs", "show", "s", "nope")
+        assert missing.returncode == 2 and "nope" in missing.stderr
+    finally:
+        store.close()
+        kill_group(proc)
