@@ -60,6 +60,15 @@ def _split_target(target: str) -> tuple[str | None, str, int | None]:
     return (user or None, host, int(port) if port else None)
 
 
+def _parse_known_as(known_as: str) -> tuple[str, int]:
+    """Paramiko names hosts as known_hosts does: 'web1' on port 22, '[web1]:2222' otherwise."""
+    if known_as.startswith("[") and "]:" in known_as:
+        host, _, port = known_as[1:].rpartition("]:")
+        if port.isdigit():
+            return host, int(port)
+    return known_as, 22
+
+
 class SSHHost(Host):
     def __init__(self, spec: HostSpec, ssh: SSHConfig | None = None) -> None:
         super().__init__(spec)
@@ -117,7 +126,6 @@ class SSHHost(Host):
             gateway = Connection(
                 jhost, user=juser, port=jport, config=config, connect_kwargs=dict(connect_kwargs)
             )
-            self._prepare(gateway)
         conn = Connection(
             self.spec.hostname,
             user=self.spec.user or self.ssh.user,
@@ -126,26 +134,31 @@ class SSHHost(Host):
             gateway=gateway,
             connect_kwargs=connect_kwargs,
         )
-        self._prepare(conn)
+        # Every hop, including ones Fabric made from an ssh_config ProxyJump (which it would
+        # otherwise connect to with AutoAddPolicy, accepting any key).
+        hop: Connection | str | None = conn
+        while isinstance(hop, Connection):
+            self._prepare(hop)
+            hop = hop.gateway
         return conn
 
-    def _where(self, conn: Connection) -> tuple[str, int]:
-        return str(conn.host), int(conn.port or 22)
-
-    def _keyscan_hint(self, conn: Connection) -> str:
-        host, port = self._where(conn)
+    def _keyscan_hint(self, known_as: str) -> str:
+        host, port = _parse_known_as(known_as)
         files = [USER_KNOWN_HOSTS]
         if self.ssh.known_hosts:
             files.append(self.ssh.known_hosts)
         scan = f"ssh-keyscan -p {port} {host}" if port != 22 else f"ssh-keyscan {host}"
+        # Name the host only when it is not the obvious one (a jump host, an ssh_config alias).
+        own_port = self.spec.port or self.ssh.port or 22
+        obvious = self.spec.hostname if own_port == 22 else f"[{self.spec.hostname}]:{own_port}"
+        where = "" if known_as == obvious else f" for {known_as}"
         return (
-            f"[{self.name}] host key not known (not in {' or '.join(files)}); "
+            f"[{self.name}] host key{where} not known (not in {' or '.join(files)}); "
             f"verify it and add it, e.g. with {scan}"
         )
 
-    def _changed_key(self, conn: Connection, exc: paramiko.BadHostKeyException) -> str:
-        host, port = self._where(conn)
-        entry = f"[{host}]:{port}" if port != 22 else host
+    def _changed_key(self, exc: paramiko.BadHostKeyException) -> str:
+        entry = exc.hostname
         return (
             f"[{self.name}] HOST KEY CHANGED for {entry}: it now offers {exc.key.get_name()} "
             f"{exc.key.fingerprint}, known_hosts has {exc.expected_key.fingerprint}; "
@@ -163,12 +176,12 @@ class SSHHost(Host):
             conn = self._make_connection()
             try:
                 conn.open()
-            except UnknownHostKey:
+            except UnknownHostKey as exc:
                 conn.close()
-                raise HostError(self._keyscan_hint(conn)) from None
+                raise HostError(self._keyscan_hint(exc.hostname)) from None
             except paramiko.BadHostKeyException as exc:
                 conn.close()
-                raise HostError(self._changed_key(conn, exc)) from None
+                raise HostError(self._changed_key(exc)) from None
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 conn.close()
                 raise HostError(f"[{self.name}] cannot connect: {_reason(exc)}") from None

@@ -317,3 +317,15 @@ def test_close_ends_a_command_running_in_another_thread(any_host: Host) -> None:
     thread.join(10)
     assert not thread.is_alive()
     assert isinstance(outcome[0], HostError)
+
+
+def test_unknown_jump_host_key_names_the_jump_host(sshd_hosts, tmp_path: Path) -> None:
+    gateway, target = sshd_hosts(2)
+    only_target = tmp_path / "known_hosts"
+    only_target.write_text(f"[127.0.0.1]:{target.port} {target.public_key}\n")
+    ssh = target.ssh.model_copy(update={"jump_host": gateway.name, "known_hosts": str(only_target)})
+    with pytest.raises(HostError) as info:
+        SSHHost(target.spec(), ssh).run("true")
+    message = str(info.value)
+    assert message.startswith(f"[{target.name}] host key for [127.0.0.1]:{gateway.port} not known")
+    assert f"ssh-keyscan -p {gateway.port} 127.0.0.1" in message
