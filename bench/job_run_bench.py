@@ -1,0 +1,145 @@
+"""What `shipit job run` costs a job: start-up overhead, spawn cost, checkpoint cost.
+
+    python bench/job_run_bench.py [--runs 30]
+    SHIPIT_BENCH_DSN=postgresql://... python bench/job_run_bench.py   # adds the postgres store
+
+Prints medians (ms) of `shipit job run -- true` through the console script and through
+`python -m shipit`, against bare `true` and a bare interpreter start (`python -c pass`, the
+floor any Python entry point pays), per backend with the gate open; then the cost of the child
+spawn with and without PR_SET_PDEATHSIG, and of one checkpoint() / progress() call per backend.
+Figures only, no pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def _median_ms(fn: Callable[[], object], runs: int) -> float:
+    fn()  # warm the page cache / store files
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(samples)
+
+
+def _run(argv: list[str], env: dict[str, str]) -> Callable[[], object]:
+    def go() -> object:
+        return subprocess.run(argv, env=env, check=True, stdin=subprocess.DEVNULL)
+
+    return go
+
+
+def _console_script() -> str | None:
+    # The real script next to the interpreter, not a version manager's shim in front of it.
+    candidate = Path(sys.executable).with_name("shipit")
+    return str(candidate) if candidate.exists() else shutil.which("shipit")
+
+
+def startup(runs: int, stores: dict[str, tuple[str, dict[str, str]]]) -> None:
+    true = shutil.which("true") or "/bin/true"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPIT_")}
+    bare = _median_ms(_run([true], base_env), runs)
+    py = _median_ms(_run([sys.executable, "-c", "pass"], base_env), runs)
+    print(f"startup, median of {runs} runs, gate open (ms)")
+    print(f"  {'what':<44}{'median':>9}{'+ over true':>13}{'+ over python':>15}")
+    print(f"  {'true':<44}{bare:>9.1f}{'':>13}{'':>15}")
+    print(f"  {'python -c pass':<44}{py:>9.1f}{py - bare:>13.1f}{'':>15}")
+    script = _console_script()
+    for kind, (url, extra) in stores.items():
+        env = {**base_env, **extra, "SHIPIT_STORE": url}
+        variants = [("python -m shipit job run -- true", [sys.executable, "-m", "shipit"])]
+        if script:
+            variants.insert(0, ("shipit job run -- true", [script]))
+        for label, head in variants:
+            med = _median_ms(_run([*head, "job", "run", "--", true], env), runs)
+            print(f"  {f'[{kind}] {label}':<44}{med:>9.1f}{med - bare:>13.1f}{med - py:>15.1f}")
+
+
+def spawn_cost(runs: int) -> None:
+    from shipit.jobs import supervisor
+
+    true = shutil.which("true") or "/bin/true"
+    env = dict(os.environ)
+
+    def once() -> None:
+        pid = supervisor.spawn([true], "/", env, ())
+        os.waitpid(pid, 0)
+
+    with_pdeathsig = _median_ms(once, runs)
+    real = supervisor._pdeathsig_setter
+    supervisor._pdeathsig_setter = lambda: (lambda: None)  # type: ignore[assignment]
+    try:
+        without = _median_ms(once, runs)
+    finally:
+        supervisor._pdeathsig_setter = real  # type: ignore[assignment]
+    print(f"\nspawn of `true` (fork+exec+wait, median of {runs}, ms)")
+    print(f"  with PR_SET_PDEATHSIG {with_pdeathsig:.2f}   without {without:.2f}"
+          f"   difference {with_pdeathsig - without:+.2f}")
+
+
+def api_cost(stores: dict[str, tuple[str, dict[str, str]]], calls: int) -> None:
+    from shipit.jobs.api import job
+
+    print(f"\nPython API, standalone run, mean of {calls} calls (ms per call)")
+    print(f"  {'backend':<10}{'checkpoint()':>14}{'every=50':>10}{'progress()':>12}")
+    for kind, (url, extra) in stores.items():
+        saved = {k: os.environ.get(k) for k in extra}
+        os.environ.update(extra)
+        try:
+            with job(f"bench-{kind}", store=url) as run:
+                t0 = time.perf_counter()
+                for i in range(calls):
+                    run.checkpoint({"next": i, "cursor": "x" * 40})
+                each = (time.perf_counter() - t0) * 1000 / calls
+                t0 = time.perf_counter()
+                for i in range(calls):
+                    run.checkpoint({"next": i}, every=50)
+                coalesced = (time.perf_counter() - t0) * 1000 / calls
+                t0 = time.perf_counter()
+                for i in range(calls):
+                    run.progress(i, calls)
+                prog = (time.perf_counter() - t0) * 1000 / calls
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        print(f"  {kind:<10}{each:>14.3f}{coalesced:>10.3f}{prog:>12.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--calls", type=int, default=500)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="shipit-bench-") as tmp:
+        stores: dict[str, tuple[str, dict[str, str]]] = {
+            "sqlite": (f"sqlite:{tmp}/sqlite/jobs.db", {}),
+            "file": (f"file:{tmp}/file", {}),
+        }
+        dsn = os.environ.get("SHIPIT_BENCH_DSN")
+        if dsn:
+            stores["postgres"] = ("postgres", {"SHIPIT_DSN": dsn})
+        startup(args.runs, stores)
+        spawn_cost(args.runs)
+        api_cost(stores, args.calls)
+
+
+if __name__ == "__main__":
+    main()
