@@ -127,11 +127,17 @@ def _spawner(opts: dict[str, Any]) -> Callable[[Run], dict[str, Any]]:
     return local_spawner(command, str(opts.get("store")), log_dir=_log_dir(opts), env=env)
 
 
-def _runs_from(opts: dict[str, Any]) -> list[Run]:
+def _runs_from(store: Store, opts: dict[str, Any], out: Out) -> list[Run]:
+    """The runs to restart: by id from this store (`run_ids`), or given whole (`runs`)."""
     from shipit.gate.base import Run as RunType
 
     fields = set(RunType.__dataclass_fields__)
     runs = []
+    for run_id in opts.get("run_ids") or []:
+        try:
+            runs.append(store.get_run(str(run_id)))
+        except KeyError:
+            out.event("log", message=f"run {run_id} is not in this store", level="warning")
     for d in opts.get("runs") or []:
         kw = {k: v for k, v in d.items() if k in fields}
         kw["command"] = tuple(kw.get("command") or ())
@@ -226,7 +232,7 @@ def op_restart(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
         raise UsageError("agent restart: option 'epoch' is required")
     outcomes = restart(
         store, epoch=int(epoch), actor=str(opts.get("actor") or "shipit"),
-        recorded=_runs_from(opts), spawn=_spawner(opts), definitions=opts.get("definitions"),
+        recorded=_runs_from(store, opts, out), spawn=_spawner(opts), definitions=opts.get("definitions"),
         max_restarts=int(opts.get("max_restarts", 5)), emit=_host_emit(out, opts.get("host")),
         reopen_gate=bool(opts.get("reopen", True)),
     )
@@ -316,21 +322,47 @@ _EMPTY: dict[str, dict[str, Any]] = {
 }
 
 
+def parse_args(args: list[str], stdin: IO[str]) -> tuple[str, dict[str, Any]]:
+    """`OP [--opts JSON] [--stdin]`: options as an argument (never secrets) and/or on stdin.
+    Without --opts everything comes on stdin; --stdin adds stdin to --opts (secrets go there)."""
+    if not args or args[0] not in _OPS:
+        raise UsageError(f"usage: shipit agent {{{','.join(OPS)}}} [--opts JSON] [--stdin]")
+    op, rest = args[0], args[1:]
+    opts: dict[str, Any] = {}
+    read_stdin = True
+    while rest:
+        flag = rest.pop(0)
+        if flag == "--opts" and rest:
+            try:
+                loaded = json.loads(rest.pop(0))
+            except json.JSONDecodeError:
+                raise UsageError("agent: --opts is not JSON") from None
+            if not isinstance(loaded, dict):
+                raise UsageError("agent: --opts must be a JSON object")
+            opts.update(loaded)
+            read_stdin = "--stdin" in rest
+        elif flag == "--stdin":
+            read_stdin = True
+        else:
+            raise UsageError(f"agent: unexpected argument {flag!r}")
+    if read_stdin:
+        opts.update(read_options(stdin))
+    return op, opts
+
+
 def main(argv: list[str] | None = None, *, stdin: IO[str] | None = None,
          stdout: IO[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     out = Out(stdout or sys.stdout)
     try:
-        if not args or args[0] not in _OPS:
-            raise UsageError(f"usage: shipit agent {{{','.join(OPS)}}} < options.json")
-        opts = read_options(stdin or sys.stdin)
+        op, opts = parse_args(args, stdin or sys.stdin)
         store = _store(opts)
         if store is None:
-            result = _EMPTY.get(args[0]) or {}
-            result = {**result, "current": _current(opts)} if args[0] == "status" else result
+            result = _EMPTY.get(op) or {}
+            result = {**result, "current": _current(opts)} if op == "status" else result
         else:
             try:
-                result = _OPS[args[0]](store, opts, out)
+                result = _OPS[op](store, opts, out)
             finally:
                 store.close()
         out.line({"result": result})

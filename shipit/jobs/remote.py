@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -33,10 +34,21 @@ class AgentError(ShipitError):
         self.payload = payload
 
 
-def agent_command(shipit_command: str, op: str) -> str:
-    # shipit_command is shell text from shipit.yaml (e.g. "/srv/venv/bin/shipit"), used as written;
-    # op is one of ours. Options and secrets go on stdin, never here.
-    return f"{shipit_command} agent {op}"
+# Options that must never appear on a command line (ps, logs): they go on stdin.
+SECRET_KEYS = ("dsn",)
+
+
+def agent_command(shipit_command: str, op: str, opts: dict[str, Any] | None = None,
+                  *, with_stdin: bool = False) -> str:
+    """shipit_command is shell text from shipit.yaml (e.g. "/srv/venv/bin/shipit"), used as
+    written; the options (secrets removed) travel as one quoted JSON argument."""
+    command = f"{shipit_command} agent {op}"
+    if opts is not None:
+        public = {k: v for k, v in opts.items() if k not in SECRET_KEYS}
+        command += " --opts " + shlex.quote(json.dumps(public, separators=(",", ":")))
+    if with_stdin:
+        command += " --stdin"
+    return command
 
 
 def _error_for(host: str, payload: dict[str, Any]) -> ShipitError:
@@ -91,9 +103,12 @@ def call_agent(
         streamed.append(text)
         line(text)
 
-    command = agent_command(shipit_command, op)
-    res = host.run(command, check=False, timeout=timeout, stdin=json.dumps(opts) + "\n",
-                   on_line=on_line)
+    # Secrets go on stdin. Only then: a transport may feed stdin slowly (Invoke reads a string
+    # in_stream one byte per input_sleep), so options ride on the command line.
+    secret = {k: opts[k] for k in SECRET_KEYS if opts.get(k)}
+    command = agent_command(shipit_command, op, opts, with_stdin=bool(secret))
+    res = host.run(command, check=False, timeout=timeout,
+                   stdin=json.dumps(secret) + "\n" if secret else None, on_line=on_line)
     if "result" not in final and "error" not in final:
         # Invoke may return before its stdout thread has handed over the last lines (it joins
         # that thread with a 1 s timeout once stderr has closed), but the captured stdout is
@@ -106,6 +121,6 @@ def call_agent(
         raise _error_for(host.name, final)
     tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or [""]
     raise DeployFailed(
-        f"[{host.name}] `{command}` failed with exit code {res.exit_code}: {tail[0]}"
+        f"[{host.name}] `{agent_command(shipit_command, op)}` failed with exit code {res.exit_code}: {tail[0]}"
         " (is shipit installed there? see shipit_command)"
     )

@@ -96,7 +96,8 @@ def _restart_per_host(ctx: DeployContext, phase: str, report: Report) -> None:
     def one(host: Host) -> None:
         lease = ctx.jobs.leases[host.name]
         runs = [r for r in ctx.jobs.recorded if r.get("agent_host") == host.name]
-        opts = agent_opts(ctx, host) | {"epoch": lease.get("epoch"), "runs": runs, "reopen": True}
+        opts = agent_opts(ctx, host) | {"epoch": lease.get("epoch"), "reopen": True,
+                                        "run_ids": [r["id"] for r in runs]}
         try:
             call_agent(host, ctx.stage.shipit_command, "restart", opts,
                        on_event=forward(ctx, host.name, phase))
@@ -142,7 +143,8 @@ def restart_central_runs(
     targets = [h for h in ctx.hosts if h.name in groups]
 
     def one(host: Host) -> None:
-        opts = agent_opts(ctx, host) | {"epoch": epoch, "runs": groups[host.name], "reopen": False}
+        opts = agent_opts(ctx, host) | {"epoch": epoch, "reopen": False,
+                                        "run_ids": [r["id"] for r in groups[host.name]]}
         try:
             call_agent(host, ctx.stage.shipit_command, "restart", opts,
                        on_event=forward(ctx, host.name, phase))
