@@ -1,0 +1,93 @@
+"""`shipit agent` as the deploy runs it: a real process, JSON lines out, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from shipit.gate.sqlite import SQLiteStore
+from tests.jobs.deploy_kit import SHIPIT, agent, kill_group, running_run, start_job, wait_for
+
+
+def _store(tmp_path: Path) -> tuple[SQLiteStore, str]:
+    s = SQLiteStore(str(tmp_path / "store" / "jobs.db"))
+    return s, f"sqlite:{s.path}"
+
+
+def test_drain_streams_events_then_the_result(tmp_path):
+    store, url = _store(tmp_path)
+    proc = start_job(url, "short", ["sleep", "0.5"])
+    run = running_run(store, "short")
+    code, lines = agent("drain", {"store": url, "host": "web1", "holder": "alice", "deploy_id": "d1",
+                                  "ttl": 5, "timeout": 30})
+    proc.wait(timeout=10)
+    assert code == 0
+    kinds = [line.get("event") for line in lines if "event" in line]
+    assert kinds[:2] == ["gate.closed", "job.running"] and "job.finished" in kinds
+    assert all(line.get("host") == "web1" for line in lines if "event" in line)
+    result = lines[-1]["result"]
+    assert result["lease"]["holder"] == "alice" and result["recorded"] == []
+    assert lines[1]["run"]["run_id"] == run.id
+    store.close()
+
+
+def test_a_held_gate_is_an_error_line_with_exit_3_naming_the_holder(tmp_path):
+    store, url = _store(tmp_path)
+    store.close_gate(holder="bob@ci", deploy_id="other", reason="hotfix", ttl=60)
+    code, lines = agent("drain", {"store": url, "deploy_id": "mine", "ttl": 5})
+    assert code == 3
+    assert lines[-1]["exit_code"] == 3 and "bob@ci" in lines[-1]["error"] and "hotfix" in lines[-1]["error"]
+    store.close()
+
+
+def test_options_on_the_command_line_and_secrets_on_stdin(tmp_path):
+    store, url = _store(tmp_path)
+    proc = subprocess.run(
+        [*SHIPIT, "agent", "close", "--opts", json.dumps({"store": url, "deploy_id": "x", "ttl": 5}),
+         "--stdin"],
+        input=json.dumps({"holder": "from-stdin"}) + "\n", capture_output=True, text=True,
+        timeout=30, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout
+    assert json.loads(proc.stdout.splitlines()[-1])["result"]["lease"]["holder"] == "from-stdin"
+    store.close()
+
+
+def test_usage_errors_exit_2_without_a_traceback(tmp_path):
+    code, lines = agent("explode", {})
+    assert code == 2 and "usage" in lines[-1]["error"]
+    code, lines = agent("status", {"store": "ftp://nope"})
+    assert code == 2 and "Traceback" not in json.dumps(lines)
+
+
+def test_readonly_status_does_not_create_a_store(tmp_path):
+    url = f"sqlite:{tmp_path}/none/jobs.db"
+    code, lines = agent("status", {"store": url, "readonly": True})
+    assert code == 0 and lines[-1]["result"]["runs"] == []
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_vanished_deploy_stops_the_renewals_and_the_lease_expires(tmp_path):
+    store, url = _store(tmp_path)
+    job = start_job(url, "forever", ["sleep", "120"])
+    try:
+        running_run(store, "forever")
+        proc = subprocess.Popen(
+            [*SHIPIT, "agent", "drain"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        assert proc.stdin and proc.stdout
+        proc.stdin.write(json.dumps({"store": url, "deploy_id": "gone", "ttl": 3, "timeout": 600,
+                                     "policy": "wait"}) + "\n")
+        proc.stdin.close()
+        assert json.loads(proc.stdout.readline())["event"] == "gate.closed"
+        proc.stdout.close()  # the deploy is gone: nobody reads the agent any more
+        assert proc.wait(timeout=60) == 1
+        assert store.gate().is_closed(time.time())  # not reopened: nobody said the deploy was over
+        wait_for(lambda: not store.gate().is_closed(time.time()), timeout=60, what="expiry")
+        assert store.get_run(running_run(store, "forever").id).stop_requested_at is None
+    finally:
+        kill_group(job)
+        store.close()
