@@ -319,3 +319,19 @@ def test_job_fast_path_imports_nothing_heavy(tmp_path: Path) -> None:
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     heavy = {"click", "rich", "pydantic", "fabric", "paramiko", "invoke", "psycopg", "yaml"}
     assert not heavy & {name.split(".")[0] for name in imported}
+
+
+def test_second_run_of_a_busy_key_does_not_start(job_store: JobStore, tmp_path: Path) -> None:
+    marker = tmp_path / "second-ran"
+    env = job_env(job_store.env)
+    first = start(job_store.url, ["sh", "-c", "echo up; exec sleep 60"], "--key", "nightly", env=env)
+    read_line(first.stdout)
+    try:
+        second = start(job_store.url, ["touch", str(marker)], "--key", "nightly", env=env)
+        _, err = second.communicate(timeout=30)
+        assert second.returncode == 75
+        assert "nightly" in err and err.count("\n") == 1
+        assert not marker.exists()
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
