@@ -3,77 +3,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from shipit.gate.base import CHECKPOINTED, FINISHED, Run
-from shipit.gate.sqlite import SQLiteStore
-from tests.jobs.deploy_kit import SHIPIT, STATEFUL_JOB, kill_group, start_job, wait_for
+from shipit.gate.base import CHECKPOINTED, FINISHED
+from tests.jobs.deploy_kit import (
+    Project,
+    continuation,
+    items,
+    kill_group,
+    kill_jobs,
+    start_job,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
-
-
-class Project:
-    def __init__(self, root: Path, **jobs: object) -> None:
-        self.root = root
-        self.src = root / "src"
-        self.src.mkdir()
-        (self.src / "stateful.py").write_text(STATEFUL_JOB)
-        self.deploy_to = root / "app"
-        self.data = root / "data"
-        self.data.mkdir()
-        cfg = {
-            "application": "t",
-            "source": {"dir": str(self.src)},
-            "deploy_to": str(self.deploy_to),
-            "shipit_command": f"{sys.executable} -m shipit",
-            "jobs": {"store": "sqlite", "lease_ttl": 3, "drain_timeout": 0.5, "grace": 5, **jobs},
-            "stages": {"s": {"hosts": ["local"]}},
-        }
-        (root / "shipit.yaml").write_text(yaml.safe_dump(cfg))
-        self.url = f"sqlite:{self.deploy_to}/shared/shipit/jobs.db"
-
-    def shipit(self, *args: str, env: dict[str, str] | None = None,
-               check: bool = False) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*SHIPIT, *args], cwd=self.root, capture_output=True, text=True,
-                              timeout=120, env={**os.environ, **(env or {})}, check=False)
-        if check:
-            assert proc.returncode == 0, proc.stderr
-        return proc
-
-    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen([*SHIPIT, *args], cwd=self.root, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, **(env or {})})
-
-    def store(self) -> SQLiteStore:
-        return SQLiteStore(str(self.deploy_to / "shared" / "shipit" / "jobs.db"))
-
-    def current(self) -> str:
-        return os.path.basename(os.readlink(self.deploy_to / "current"))
-
-    def start_stateful(self, total: int = 150, delay: float = 0.02) -> tuple[subprocess.Popen[bytes], Path]:
-        out = self.data / "items.txt"
-        cmd = [sys.executable, "stateful.py", str(total), str(out), str(delay)]
-        return start_job(self.url, "crunch", cmd, host="local",
-                         cwd=str(self.deploy_to / "current"), grace=5), out
-
-
-def items(out: Path) -> list[tuple[int, int, str]]:
-    rows = [line.split() for line in out.read_text().splitlines()]
-    return [(int(a), int(b), c) for a, b, c in rows]
-
-
-def continuation(store: SQLiteStore, run_id: str) -> Run | None:
-    return next((r for r in store.list_runs() if r.continues == run_id), None)
 
 
 @pytest.fixture
@@ -107,7 +56,7 @@ def test_deploy_stops_a_stateful_job_and_resumes_it_once_on_the_new_release(proj
     finally:
         store.close()
         kill_group(proc)
-        _kill_jobs(project)
+        kill_jobs(project)
 
 
 def test_a_deploy_killed_mid_drain_leaves_a_gate_that_expires_and_reconcile_restarts_once(project):
@@ -146,18 +95,7 @@ def test_a_deploy_killed_mid_drain_leaves_a_gate_that_expires_and_reconcile_rest
         if deploy and deploy.poll() is None:
             deploy.kill()
         kill_group(proc)
-        _kill_jobs(project)
-
-
-def _kill_jobs(project: Project) -> None:
-    s = project.store()
-    try:
-        for r in s.list_runs():
-            if r.pid and s.is_alive(r):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(r.pid, signal.SIGKILL)
-    finally:
-        s.close()
+        kill_jobs(project)
 
 
 def test_racing_lock_acquire_exactly_one_wins(project):

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from shipit.events import EventBus, Recorder
 from shipit.gate.base import ACTIVE_STATES, Run, Store
 
@@ -62,7 +64,7 @@ def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condit
 
 def start_job(
     url: str, name: str, command: list[str], *, host: str = "h1", cwd: str | None = None,
-    grace: float = 2.0, log: Path | None = None,
+    grace: float = 2.0, log: Path | None = None, env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     argv = [*SHIPIT, "job", "run", "--store", url, "--host", host, "--name", name,
@@ -70,7 +72,7 @@ def start_job(
     if cwd:
         argv += ["--cwd", cwd]
     proc = subprocess.Popen([*argv, "--", *command], stdout=out, stderr=out,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **(env or {})})
     if log:
         out.close()  # type: ignore[union-attr]
     return proc
@@ -118,3 +120,75 @@ def agent(op: str, opts: dict[str, Any], *, env: dict[str, str] | None = None,
     )
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     return proc.returncode, lines
+
+
+class Project:
+    def __init__(self, root: Path, *, store: str = "sqlite", env: dict[str, str] | None = None,
+                 **jobs: object) -> None:
+        self.env = dict(env or {})
+        self.root = root
+        self.src = root / "src"
+        self.src.mkdir()
+        (self.src / "stateful.py").write_text(STATEFUL_JOB)
+        self.deploy_to = root / "app"
+        self.data = root / "data"
+        self.data.mkdir()
+        cfg = {
+            "application": "t",
+            "source": {"dir": str(self.src)},
+            "deploy_to": str(self.deploy_to),
+            "shipit_command": f"{sys.executable} -m shipit",
+            "jobs": {"store": store, "lease_ttl": 3, "drain_timeout": 0.5, "grace": 5, **jobs},
+            "stages": {"s": {"hosts": ["local"]}},
+        }
+        (root / "shipit.yaml").write_text(yaml.safe_dump(cfg))
+        self.url = f"sqlite:{self.deploy_to}/shared/shipit/jobs.db" if store == "sqlite" else "postgres"
+
+    def shipit(self, *args: str, env: dict[str, str] | None = None,
+               check: bool = False) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*SHIPIT, *args], cwd=self.root, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, **self.env, **(env or {})}, check=False)
+        if check:
+            assert proc.returncode == 0, proc.stderr
+        return proc
+
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen([*SHIPIT, *args], cwd=self.root, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **self.env, **(env or {})})
+
+    def store(self) -> Store:
+        from shipit.gate.url import open_store
+
+        if self.url == "postgres":
+            return open_store(self.env["SHIPIT_DSN"])
+        return open_store(self.url)
+
+    def current(self) -> str:
+        return os.path.basename(os.readlink(self.deploy_to / "current"))
+
+    def start_stateful(self, total: int = 150, delay: float = 0.02) -> tuple[subprocess.Popen[bytes], Path]:
+        out = self.data / "items.txt"
+        cmd = [sys.executable, "stateful.py", str(total), str(out), str(delay)]
+        return start_job(self.url, "crunch", cmd, host="local", env=self.env,
+                         cwd=str(self.deploy_to / "current"), grace=5), out
+
+
+def items(out: Path) -> list[tuple[int, int, str]]:
+    rows = [line.split() for line in out.read_text().splitlines()]
+    return [(int(a), int(b), c) for a, b, c in rows]
+
+
+def continuation(store: Store, run_id: str) -> Run | None:
+    return next((r for r in store.list_runs() if r.continues == run_id), None)
+
+
+def kill_jobs(project: Project) -> None:
+    s = project.store()
+    try:
+        for r in s.list_runs():
+            if r.pid and s.is_alive(r):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(r.pid, signal.SIGKILL)
+    finally:
+        s.close()
