@@ -98,6 +98,7 @@ def _restart_per_host(ctx: DeployContext, phase: str, report: Report) -> None:
         runs = [r for r in ctx.jobs.recorded if r.get("agent_host") == host.name]
         opts = agent_opts(ctx, host) | {"epoch": lease.get("epoch"), "reopen": True,
                                         "run_ids": [r["id"] for r in runs]}
+        _say_command(ctx, host, phase)
         try:
             call_agent(host, ctx.stage.shipit_command, "restart", opts,
                        on_event=forward(ctx, host.name, phase))
@@ -145,6 +146,7 @@ def restart_central_runs(
     def one(host: Host) -> None:
         opts = agent_opts(ctx, host) | {"epoch": epoch, "reopen": False,
                                         "run_ids": [r["id"] for r in groups[host.name]]}
+        _say_command(ctx, host, phase)
         try:
             call_agent(host, ctx.stage.shipit_command, "restart", opts,
                        on_event=forward(ctx, host.name, phase))
@@ -152,6 +154,11 @@ def restart_central_runs(
             fail(host.name, exc)
 
     _each(ctx, targets, one)
+
+
+def _say_command(ctx: DeployContext, host: Host, phase: str) -> None:
+    ctx.bus.emit("host.command", host=host.name, phase=phase, dry_run=False,
+                 command=f"{ctx.stage.shipit_command} agent restart")
 
 
 def _host_for(ctx: DeployContext, name: str) -> Host | None:

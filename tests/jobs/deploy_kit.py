@@ -124,6 +124,7 @@ def agent(op: str, opts: dict[str, Any], *, env: dict[str, str] | None = None,
 
 class Project:
     def __init__(self, root: Path, *, store: str = "sqlite", env: dict[str, str] | None = None,
+                 hosts: list[str] | None = None, ssh: dict[str, Any] | None = None,
                  **jobs: object) -> None:
         self.env = dict(env or {})
         self.root = root
@@ -139,10 +140,14 @@ class Project:
             "deploy_to": str(self.deploy_to),
             "shipit_command": f"{sys.executable} -m shipit",
             "jobs": {"store": store, "lease_ttl": 3, "drain_timeout": 0.5, "grace": 5, **jobs},
-            "stages": {"s": {"hosts": ["local"]}},
+            "stages": {"s": {"hosts": hosts or ["local"]}},
         }
+        if ssh:
+            cfg["ssh"] = ssh
+        self.host = (hosts or ["local"])[0]
         (root / "shipit.yaml").write_text(yaml.safe_dump(cfg))
-        self.url = f"sqlite:{self.deploy_to}/shared/shipit/jobs.db" if store == "sqlite" else "postgres"
+        self.url = {"sqlite": f"sqlite:{self.deploy_to}/shared/shipit/jobs.db",
+                    "file": f"file:{self.deploy_to}/shared/shipit"}.get(store, "postgres")
 
     def shipit(self, *args: str, env: dict[str, str] | None = None,
                check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -170,7 +175,7 @@ class Project:
     def start_stateful(self, total: int = 150, delay: float = 0.02) -> tuple[subprocess.Popen[bytes], Path]:
         out = self.data / "items.txt"
         cmd = [sys.executable, "stateful.py", str(total), str(out), str(delay)]
-        return start_job(self.url, "crunch", cmd, host="local", env=self.env,
+        return start_job(self.url, "crunch", cmd, host=self.host, env=self.env,
                          cwd=str(self.deploy_to / "current"), grace=5), out
 
 

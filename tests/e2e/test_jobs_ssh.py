@@ -1,0 +1,95 @@
+"""Jobs over real SSH (sshd on 127.0.0.1, strict host keys) with the per-host file store: the
+deploy reaches the store only through `shipit agent` on the host."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from shipit.gate.base import CHECKPOINTED
+from tests.harness.sshd import ssh_section
+from tests.jobs.deploy_kit import (
+    Project,
+    continuation,
+    items,
+    kill_group,
+    kill_jobs,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def project(tmp_path: Path, ssh_hosts3) -> Project:
+    host = ssh_hosts3[0]
+    p = Project(tmp_path, store="file", hosts=[host.name], ssh=ssh_section([host]))
+    p.shipit("deploy", "s", check=True)
+    return p
+
+
+def test_deploy_over_ssh_stops_and_restarts_the_job_once(project):
+    proc, out = project.start_stateful(total=100000)
+    first = project.current()
+    store = project.store()
+    try:
+        wait_for(lambda: out.exists() and len(items(out)) >= 5, what="the job to make progress")
+        res = project.shipit("deploy", "s")
+        assert res.returncode == 0, res.stdout + res.stderr
+        second = project.current()
+        old = next(r for r in store.list_runs() if r.job == "crunch" and r.attempt == 1)
+        assert old.state == CHECKPOINTED
+        wait_for(lambda: sum(1 for _, a, _ in items(out) if a == 2) >= 3, what="the restarted run")
+        new = continuation(store, old.id)
+        assert new is not None and [r.id for r in store.list_runs() if r.continues == old.id] == [new.id]
+        rows = items(out)
+        assert [n for n, _, _ in rows] == list(range(1, len(rows) + 1))
+        assert {rel for _, a, rel in rows if a == 2} == {second} and second != first
+    finally:
+        kill_group(proc)
+        kill_jobs(project)
+        store.close()
+
+
+def test_a_lock_over_ssh_stops_the_next_deploy_with_exit_3(project):
+    project.shipit("lock", "acquire", "s", "-m", "release freeze", check=True)
+    res = project.shipit("deploy", "s")
+    assert res.returncode == 3
+    assert "release freeze" in res.stdout + res.stderr
+    status = json.loads(project.shipit("lock", "status", "s", "--json").stdout)
+    assert [g["reason"] for g in status.values()] == ["release freeze"]
+    project.shipit("lock", "release", "s", check=True)
+    assert project.shipit("deploy", "s").returncode == 0
+
+
+def test_killing_the_deploy_over_ssh_lets_the_lease_expire_then_reconcile(project):
+    proc, out = project.start_stateful(total=100000)
+    store = project.store()
+    deploy = None
+    try:
+        wait_for(lambda: out.exists() and len(items(out)) >= 3, what="the job to make progress")
+        deploy = project.popen("deploy", "s")
+        stopped = wait_for(
+            lambda: next((r for r in store.list_runs() if r.stop_requested_at), None),
+            what="the deploy to ask the job to stop",
+        )
+        os.kill(deploy.pid, signal.SIGKILL)
+        deploy.wait(timeout=10)
+        wait_for(lambda: store.get_run(stopped.id).state == CHECKPOINTED, what="the checkpoint")
+        # The agent on the host loses its reader, stops renewing; the 3 s lease runs out.
+        wait_for(lambda: not store.gate().is_closed(time.time()), timeout=60, what="the lease to expire")
+        assert project.shipit("jobs", "reconcile", "s").returncode == 0
+        assert project.shipit("jobs", "reconcile", "s").returncode == 0
+        new = wait_for(lambda: continuation(store, stopped.id), what="the restarted run")
+        assert [r.id for r in store.list_runs() if r.continues == stopped.id] == [new.id]
+    finally:
+        if deploy and deploy.poll() is None:
+            deploy.kill()
+        kill_group(proc)
+        kill_jobs(project)
+        store.close()
