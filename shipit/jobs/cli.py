@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn
+from typing import NoReturn, cast
 
 from shipit.errors import ShipitError, UsageError
 
@@ -184,9 +184,10 @@ def _cmd_progress(ns: argparse.Namespace) -> int:
     run_id, url = _inside_run()
     from shipit.jobs.supervisor import open_store_or_fail
 
-    total = ns.total if ns.total is not None else 0.0
+    # Stores keep an unknown total as NULL, which the type of heartbeat() does not spell out.
+    progress = cast("tuple[float, float]", (ns.done, ns.total))
     with open_store_or_fail(url) as store:
-        store.heartbeat(run_id, progress=(ns.done, total))
+        store.heartbeat(run_id, progress=progress)
     return 0
 
 

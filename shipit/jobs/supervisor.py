@@ -386,10 +386,14 @@ class Supervisor:
                 next_beat = now + interval
                 if self._heartbeat(store, run.id) and not stop_requested:
                     stop_requested = True
+                    self.say(f"job {run.job}: stop requested, sent SIGTERM"
+                             f" (SIGKILL in {self.opts.grace:g}s)")
                     _killpg(pid, signal.SIGTERM)
                     kill_at = now + self.opts.grace
             if kill_at is not None and now >= kill_at and not killed:
                 killed = True
+                self.say(f"job {run.job}: still running {self.opts.grace:g}s after SIGTERM,"
+                         " sent SIGKILL")
                 _killpg(pid, signal.SIGKILL)
             deadline = next_beat if kill_at is None or killed else min(next_beat, kill_at)
             poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
