@@ -8,6 +8,8 @@ import select
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -27,8 +29,8 @@ class JobStore:
     url: str
     env: dict[str, str]  # extra environment a job needs to reach the store (postgres DSN)
 
-    def open(self) -> Store:
-        return open_store(self.url, environ={**os.environ, **self.env})
+    def open(self, **opts: Any) -> Store:
+        return open_store(self.url, environ={**os.environ, **self.env}, **opts)
 
 
 def job_env(store_env: dict[str, str], **extra: str) -> dict[str, str]:
@@ -87,6 +89,16 @@ def wait_pid_gone(pid: int, timeout: float = 10.0) -> bool:
         return bool(select.select([fd], [], [], timeout)[0])
     finally:
         os.close(fd)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """For conditions no event announces (heartbeat age): poll briefly, bounded."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def lines_of(path: Path) -> list[int]:
