@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from shipit.errors import CorruptState, FencingError, GateHeld, ShipitError
-from shipit.gate.base import FINAL_STATES, SCHEMA_VERSION, Lease, Run
+from shipit.gate.base import ALL_STATES, FINAL_STATES, SCHEMA_VERSION, Lease, Run
 
 RUN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Run))
 # Fields kept as JSON text in SQL columns (structured values).
@@ -87,7 +87,8 @@ def _int(v: Any) -> int:
 
 
 def _num(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float):
+    # NaN compares false with everything: a closed lease expiring at NaN would read as open.
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != v:
         raise TypeError(f"time {v!r}")
     return float(v)
 
@@ -160,10 +161,32 @@ def run_to_dict(run: Run) -> dict[str, Any]:
     return run.to_dict()
 
 
+_RUN_TYPES: dict[str, Any] = {
+    "id": str, "job": str, "host": str, "state": str, "attempt": int, "epoch": int,
+    "restarts": int, "created_at": int | float, "key": str | None, "pid": int | None,
+    "cwd": str | None, "continues": str | None, "exit_code": int | None, "message": str | None,
+    **{k: int | float | None for k in ("started_at", "finished_at", "heartbeat_at", "progress_done",
+                                       "progress_total", "checkpoint_at", "stop_requested_at")},
+}
+
+
 def run_from_dict(d: Mapping[str, Any]) -> Run:
+    """TypeError/ValueError for a hand-edited or damaged record (callers make it CorruptState):
+    a run with `attempt: "x"` would otherwise load and crash whoever restarts it."""
     kw = {k: d[k] for k in RUN_FIELDS if k in d}
+    if not isinstance(kw.get("command") or [], list | tuple) or not isinstance(kw.get("env") or {}, dict):
+        raise TypeError("command must be a list and env a mapping")
     kw["command"] = tuple(kw.get("command") or ())
     kw["env"] = dict(kw.get("env") or {})
+    for name, kind in _RUN_TYPES.items():
+        if name in kw and (isinstance(kw[name], bool) or not isinstance(kw[name], kind)):
+            raise TypeError(f"{name} {kw[name]!r}")
+    if kw.get("state") not in ALL_STATES:
+        raise ValueError(f"state {kw.get('state')!r}")
+    if not all(isinstance(a, str) for a in kw["command"]) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in kw["env"].items()
+    ):
+        raise TypeError("command and env must hold text")
     return Run(**kw)
 
 
