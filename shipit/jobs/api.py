@@ -346,7 +346,10 @@ def _standalone(
         cwd=logical_cwd(),
         env=allowed_env(env_names, os.environ),
         key=key,
-        pid=os.getpid(),
+        # The deploy SIGUSR1s run.pid to have a stop request seen at once. Only the main thread
+        # can install the handler that makes that harmless; elsewhere record no pid, and the
+        # stop request is seen at the next heartbeat instead of killing the process.
+        pid=os.getpid() if threading.current_thread() is threading.main_thread() else None,
     )
 
     def announce(lease: Lease) -> None:
@@ -365,8 +368,14 @@ def _standalone(
     saved = _install_handlers(run)
     beat = _Heartbeat(run, max(interval, 0.01))
     if run._can_signal:
-        # The deploy sends SIGUSR1 to run.pid (this process) to have stop requests seen at once.
-        saved[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda s, f: beat.wake.set())
+        prev_usr1 = signal.getsignal(signal.SIGUSR1)
+
+        def on_usr1(signum: int, frame: Any) -> None:
+            beat.wake.set()  # check the store now
+            if callable(prev_usr1):
+                prev_usr1(signum, frame)
+
+        saved[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_usr1)
     beat.start()
     _set_current(run)
     state, code, message = FINISHED, 0, None

@@ -164,3 +164,26 @@ def test_attached_job_sees_term_as_should_stop_and_resumes_from_state(
         assert f"attempt 2 starting at {ended.checkpoint['next']}" in read_line(again.stdout)
         assert again.wait(timeout=60) == 0
     assert lines_of(out) == list(range(1, total + 1))
+
+
+def test_job_in_a_worker_thread_records_no_pid_and_still_sees_stops(store_env: JobStore) -> None:
+    import threading
+
+    seen: dict[str, object] = {}
+
+    def worker() -> None:
+        with job("threaded", heartbeat=0.05) as run:
+            seen["id"] = run.id
+            with store_env.open() as deploy:
+                seen["pid"] = deploy.get_run(run.id).pid
+                deploy.request_stop(run.id, close_gate(deploy).epoch)
+            seen["stopped"] = run.sleep(30)
+            run.checkpoint({"at": "worker"})
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(timeout=60)
+    # No pid: a deploy's SIGUSR1 would have killed this process (no handler off the main thread).
+    assert seen["pid"] is None and seen["stopped"] is True
+    with store_env.open() as store:
+        assert store.get_run(str(seen["id"])).state == CHECKPOINTED
