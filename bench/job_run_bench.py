@@ -148,6 +148,41 @@ def precompile() -> None:
     compileall.compile_dir(str(HERE.parent / "shipit"), quiet=1)
 
 
+def stop_latency(stores: dict[str, tuple[str, dict[str, str]]], runs: int) -> None:
+    """From a deploy's request_stop() + SIGUSR1 to the supervisor having recorded the outcome,
+    for a job that exits on SIGTERM at once (heartbeat 1 s: SIGUSR1 is what makes it quick)."""
+    import signal
+
+    from shipit.gate.base import FINAL_STATES
+    from shipit.gate.url import open_store
+
+    print(f"\nstop latency: request_stop + SIGUSR1 -> outcome recorded (median of {runs}, ms)")
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPIT_")}
+    for kind, (url, extra) in stores.items():
+        env = {**base_env, **extra}
+        samples = []
+        with open_store(url, environ=env) as store:
+            for i in range(runs):
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "shipit", "job", "run", "--store", url, "--name",
+                     f"stop-{i}", "--", "sh", "-c", "echo up; exec sleep 60"],
+                    env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                )
+                assert proc.stdout is not None
+                proc.stdout.readline()
+                run = next(r for r in store.list_runs(limit=5) if r.job == f"stop-{i}")
+                lease = store.close_gate(holder="bench", deploy_id=f"b{i}", reason="bench", ttl=60)
+                t0 = time.perf_counter()
+                store.request_stop(run.id, lease.epoch)
+                os.kill(proc.pid, signal.SIGUSR1)
+                proc.wait()
+                while store.get_run(run.id).state not in FINAL_STATES:
+                    time.sleep(0.001)
+                samples.append((time.perf_counter() - t0) * 1000)
+                store.open_gate(lease.epoch, actor="bench")
+        print(f"  {kind:<10}{statistics.median(samples):>9.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
@@ -168,6 +203,7 @@ def main() -> None:
         startup(args.runs, stores)
         spawn_cost(args.runs)
         api_cost(stores, args.calls)
+        stop_latency(stores, max(5, args.runs // 3))
 
 
 if __name__ == "__main__":
