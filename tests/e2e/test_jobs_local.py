@@ -181,3 +181,45 @@ def test_status_and_list_show_the_running_job(project):
     finally:
         store.close()
         kill_group(proc)
+
+
+def test_a_failure_after_the_drain_restarts_the_job_on_the_live_release(project):
+    cfg = yaml.safe_load((project.root / "shipit.yaml").read_text())
+    cfg["hooks"] = {"before_release": [{"run": "echo broken >&2; exit 1"}]}
+    (project.root / "shipit.yaml").write_text(yaml.safe_dump(cfg))
+    proc, out = project.start_stateful(total=100000)
+    live = project.current()
+    store = project.store()
+    try:
+        wait_for(lambda: out.exists() and len(items(out)) >= 3, what="the job to make progress")
+        res = project.shipit("deploy", "s")
+        assert res.returncode == 1
+        assert project.current() == live
+        old = next(r for r in store.list_runs() if r.job == "crunch" and r.attempt == 1)
+        assert old.state == CHECKPOINTED
+        wait_for(lambda: sum(1 for _, a, _ in items(out) if a == 2) >= 3, what="the restarted run")
+        assert len([r for r in store.list_runs() if r.continues == old.id]) == 1
+        assert {rel for _, a, rel in items(out) if a == 2} == {live}
+        assert not store.gate().is_closed(time.time())
+    finally:
+        store.close()
+        kill_group(proc)
+        kill_jobs(project)
+
+
+def test_dry_run_lists_the_job_and_changes_nothing(project):
+    proc = start_job(project.url, "busy", ["sleep", "60"], host="local")
+    store = project.store()
+    try:
+        run = wait_for(lambda: next((r for r in store.list_runs() if r.job == "busy"), None),
+                       what="the job")
+        epoch = store.gate().epoch
+        res = project.shipit("deploy", "s", "--dry-run")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "busy" in res.stdout + res.stderr
+        assert store.gate().epoch == epoch
+        again = store.get_run(run.id)
+        assert store.is_alive(again) and again.stop_requested_at is None
+    finally:
+        store.close()
+        kill_group(proc)
