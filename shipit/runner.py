@@ -101,10 +101,8 @@ def default_actor() -> str:
 
 
 def _secret_values(stage: StageConfig) -> list[str]:
-    try:
-        from shipit.config.secrets import secret_values
-    except ImportError:
-        return [str(stage.vars[k]) for k in stage.secrets if stage.vars.get(k)]
+    from shipit.config.secrets import secret_values
+
     return [s for s in secret_values(stage) if s]
 
 
@@ -180,6 +178,7 @@ def _execute(stage: StageConfig, opts: DeployOptions, bus: EventBus, mode: str, 
     st.base_dir = str(Path(stage.config_path).resolve().parent)
     st.started = time.time()
     st.secrets = _secret_values(stage)
+    notifier = _notifier(stage, ctx, opts, mode)
     bus.emit(
         "deploy.started", deploy_id=ctx.deploy_id, stage=stage.name, revision=opts.revision,
         hosts=[h.name for h in hosts], dry_run=opts.dry_run, mode=mode,
@@ -221,7 +220,25 @@ def _execute(stage: StageConfig, opts: DeployOptions, bus: EventBus, mode: str, 
         "deploy.finished", deploy_id=ctx.deploy_id, outcome=outcome, durations=result.durations,
         release=ctx.release, error=error, exit_code=exit_code, revision=ctx.revision,
     )
+    if notifier is not None:
+        # Bounded: a dead endpoint delays shipit's exit by at most this, never fails the deploy.
+        notifier.close(10.0)
     return result
+
+
+def _notifier(stage: StageConfig, ctx: DeployContext, opts: DeployOptions, mode: str) -> Any:
+    if not stage.notify:
+        return None
+    from shipit.notify.notifier import Notifier
+
+    source = {
+        "stage": stage.name, "application": stage.application, "deploy_id": ctx.deploy_id,
+        "actor": ctx.actor, "dry_run": opts.dry_run, "mode": mode,
+    }
+    return Notifier(
+        stage.notify, secrets=list(engine_state(ctx).secrets), source=source,
+        origin=f"{stage.config_path}: notify",
+    ).attach(ctx.bus)
 
 
 def deploy(stage: StageConfig, opts: DeployOptions, bus: EventBus) -> DeployResult:

@@ -6,8 +6,9 @@ first, then the stage's, per hook point. A stage's `notify:` list replaces the t
 Vars merge key by key (not deeply).
 
 Paths: `deploy_to` must be absolute (or start with `~/`, the deploy user's home). A relative
-`source.dir`, `jobs.path` or local `source.repo` path is taken relative to the directory
-holding shipit.yaml, so the same file works from any working directory.
+`source.dir` or local `source.repo` path is taken relative to the directory holding
+shipit.yaml, so the same file works from any working directory. A relative `jobs.path` is a
+path on each host, inside `deploy_to`.
 """
 
 from __future__ import annotations
@@ -229,8 +230,10 @@ def resolve_stage(config: Config, name: str) -> StageConfig:
     lines = lines_of(config, config.config_path)
     ssh = _merge_fields(config.ssh, stage.ssh)
     jobs = _merge_fields(config.jobs, stage.jobs)
-    if jobs.path is not None:
-        jobs = jobs.model_copy(update={"path": _local_path(config, jobs.path, expand_home=False)})
+    deploy_to = _deploy_to(config, stage, name, lines)
+    if jobs.path is not None and not jobs.path.startswith(("/", "~")):
+        # jobs.path is a path on each host: relative means inside deploy_to there.
+        jobs = jobs.model_copy(update={"path": f"{deploy_to.rstrip('/')}/{jobs.path}"})
     source = config.source
     if stage.branch is not None:
         source = source.model_copy(update={"branch": stage.branch})
@@ -250,7 +253,7 @@ def resolve_stage(config: Config, name: str) -> StageConfig:
         name=name,
         application=config.application,
         source=source,
-        deploy_to=_deploy_to(config, stage, name, lines),
+        deploy_to=deploy_to,
         keep_releases=keep,
         linked_files=tuple(config.linked_files),
         linked_dirs=tuple(config.linked_dirs),

@@ -71,10 +71,9 @@ def wait_idle(ctx: DeployContext, timeout: float) -> bool:
 
 
 def mask(ctx: DeployContext, text: str) -> str:
-    for secret in engine_state(ctx).secrets:
-        if secret:
-            text = text.replace(secret, "****")
-    return text
+    from shipit.config.secrets import mask as mask_text
+
+    return mask_text(text, engine_state(ctx).secrets)
 
 
 def emit_command(ctx: DeployContext, host: str, phase: str, command: str, **data: Any) -> None:

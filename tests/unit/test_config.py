@@ -87,7 +87,8 @@ def test_stage_ssh_and_jobs_override_only_the_fields_they_write(full) -> None:
         2,
         "wait",
     )
-    assert jobs.path == str(GOOD / "state" / "jobs")
+    # jobs.path is a path on the hosts: relative means inside that stage's deploy_to.
+    assert jobs.path == "/srv/shop-prod/state/jobs"
     assert {name: d.command for name, d in jobs.definitions.items()} == {
         "crunch": "python jobs/crunch.py",
         "report": "sh jobs/report2.sh",
