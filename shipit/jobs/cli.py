@@ -30,8 +30,13 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is ONE line (`shipit: error: ...`) and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
+        message = _one_line(message)  # it quotes the user's words, which may hold newlines
         sys.stderr.write(f"shipit: error: {self.prog}: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _seconds(text: str) -> float:
@@ -136,6 +141,10 @@ def _cmd_run(ns: argparse.Namespace, command: list[str]) -> int:
         run_job,
     )
 
+    for opt in ("name", "key", "cwd", "host", "store", "continues"):
+        # argparse drops a lone '--' given as a value (`--key=--`), leaving a list behind.
+        if isinstance(getattr(ns, opt), list):
+            raise UsageError(f"job run: --{opt} needs a value ('--' cannot be one)")
     if command and ns.command:
         raise UsageError("job run: give the command once, after --")
     command = command or ns.command
@@ -209,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_checkpoint(ns)
         return _cmd_progress(ns)
     except ShipitError as exc:
-        sys.stderr.write(f"shipit: error: {exc}\n")
+        sys.stderr.write(f"shipit: error: {_one_line(str(exc))}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("shipit: interrupted\n")
