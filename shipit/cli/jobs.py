@@ -47,8 +47,13 @@ class Stage:
         self.bus = EventBus()
         self.bus.subscribe(_echo_event)
         self.hosts: list[Host] = [open_host(spec, stage.ssh) for spec in stage.hosts]
-        self.ctx = DeployContext(stage=stage, hosts=self.hosts, bus=self.bus,
-                                 deploy_id=f"cli-{secrets.token_hex(4)}", actor=actor())
+        self.ctx = DeployContext(
+            stage=stage,
+            hosts=self.hosts,
+            bus=self.bus,
+            deploy_id=f"cli-{secrets.token_hex(4)}",
+            actor=actor(),
+        )
         self.central = stage.jobs.store == "postgres"
 
     def close(self) -> None:
@@ -70,8 +75,13 @@ class Stage:
         from shipit.jobs.remote import call_agent
 
         host = next(h for h in self.hosts if h.name == target)
-        return call_agent(host, self.stage.shipit_command, op, agent_opts(self.ctx, host) | opts,
-                          on_event=forward(self.ctx, host.name, "cli"))
+        return call_agent(
+            host,
+            self.stage.shipit_command,
+            op,
+            agent_opts(self.ctx, host) | opts,
+            on_event=forward(self.ctx, host.name, "cli"),
+        )
 
     def _central(self, op: str, opts: dict[str, Any]) -> dict[str, Any]:
         import io
@@ -95,8 +105,9 @@ class Stage:
             except ShipitError as exc:
                 return {"*": exc}
         try:
-            return run_parallel(self.hosts, lambda h: self.call(h.name, op, opts),
-                                limit=self.stage.parallelism)
+            return run_parallel(
+                self.hosts, lambda h: self.call(h.name, op, opts), limit=self.stage.parallelism
+            )
         except FanOutError as exc:
             out: dict[str, Any] = dict(exc.results)
             for name, err in exc.errors.items():
@@ -129,8 +140,13 @@ def _first_error(results: dict[str, Any]) -> ShipitError | None:
 
 
 def _close_all(st: Stage, *, prefix: str, reason: str, ttl: float, force: bool) -> dict[str, Any]:
-    opts = {"holder": st.ctx.actor, "deploy_id": f"{prefix}{secrets.token_hex(6)}",
-            "reason": reason, "ttl": ttl, "force": force}
+    opts = {
+        "holder": st.ctx.actor,
+        "deploy_id": f"{prefix}{secrets.token_hex(6)}",
+        "reason": reason,
+        "ttl": ttl,
+        "force": force,
+    }
     results = st.each("close", opts)
     err = _first_error(results)
     if err is not None:
@@ -199,14 +215,18 @@ def lock_status(stage: str, as_json: bool) -> None:
 @lock.command("acquire")
 @STAGE
 @click.option("-m", "--message", default="", help="Why (shown to whoever meets the lock).")
-@click.option("--ttl", type=float, default=MANUAL_TTL, show_default=True, help="Seconds until it expires.")
+@click.option(
+    "--ttl", type=float, default=MANUAL_TTL, show_default=True, help="Seconds until it expires."
+)
 @click.option("--force", is_flag=True, help="Take it even from another holder (audited).")
 def lock_acquire(stage: str, message: str, ttl: float, force: bool) -> None:
     """Take the deploy lock on every host: deploys and new jobs wait until it is released."""
     _check_ttl(ttl)
 
     def go(st: Stage) -> None:
-        res = _close_all(st, prefix="lock-", reason=message or "locked by hand", ttl=ttl, force=force)
+        res = _close_all(
+            st, prefix="lock-", reason=message or "locked by hand", ttl=ttl, force=force
+        )
         _say_closed(res, "locked")
 
     _with_stage(stage, go)
@@ -241,14 +261,22 @@ def jobs() -> None:
 
 @jobs.command("pause")
 @STAGE
-@click.option("-m", "--message", required=True, help="Why jobs are paused (shown to them and to deploys).")
-@click.option("--ttl", type=float, default=MANUAL_TTL, show_default=True, help="Seconds until it expires.")
+@click.option(
+    "-m", "--message", required=True, help="Why jobs are paused (shown to them and to deploys)."
+)
+@click.option(
+    "--ttl", type=float, default=MANUAL_TTL, show_default=True, help="Seconds until it expires."
+)
 @click.option("--force", is_flag=True, help="Close even if someone else holds the gate (audited).")
 def jobs_pause(stage: str, message: str, ttl: float, force: bool) -> None:
     """Close the gate by hand: new jobs wait, running ones carry on."""
     _check_ttl(ttl)
-    _with_stage(stage, lambda st: _say_closed(
-        _close_all(st, prefix="pause-", reason=message, ttl=ttl, force=force), "paused"))
+    _with_stage(
+        stage,
+        lambda st: _say_closed(
+            _close_all(st, prefix="pause-", reason=message, ttl=ttl, force=force), "paused"
+        ),
+    )
 
 
 @jobs.command("resume")
@@ -320,7 +348,9 @@ def jobs_reconcile(stage: str) -> None:
         err = _first_error(results)
         if err is not None:
             raise err
-        n = sum(1 for res in results.values() for o in res["outcomes"] if o["outcome"] == "restarted")
+        n = sum(
+            1 for res in results.values() for o in res["outcomes"] if o["outcome"] == "restarted"
+        )
         click.echo(f"reconciled: {n} job(s) restarted")
 
     _with_stage(stage, go)
@@ -338,8 +368,13 @@ def _reconcile_central(st: Stage) -> None:
         if lease.is_closed(time.time()):
             raise GateHeld(describe(lease), lease)
         runs = leftovers(store)
-        restart_central_runs(st.ctx, store, [r.to_dict() for r in runs], phase="cli",
-                             reopen_epoch=lease.epoch if lease.state == "closed" else None)
+        restart_central_runs(
+            st.ctx,
+            store,
+            [r.to_dict() for r in runs],
+            phase="cli",
+            reopen_epoch=lease.epoch if lease.state == "closed" else None,
+        )
     finally:
         store.close()
     click.echo(f"reconciled: {len(runs)} job(s) considered")
@@ -370,7 +405,9 @@ def _print_gates(st: Stage, as_json: bool) -> None:
         echo_json({t: r["gate"] for t, r in results.items()})
         return
     for target, res in results.items():
-        click.echo(f"{'store' if target == '*' else target}: {_gate_line(res['gate'], res.get('now'))}")
+        click.echo(
+            f"{'store' if target == '*' else target}: {_gate_line(res['gate'], res.get('now'))}"
+        )
 
 
 def _gate_line(gate: dict[str, Any], now: float | None) -> str:
@@ -404,8 +441,9 @@ def _print_current_per_host(st: Stage) -> None:
 
     cmd = f"readlink {_q(st.stage.deploy_to + '/current')}"
     try:
-        out = run_parallel(st.hosts, lambda h: h.run(cmd, check=False).stdout.strip(),
-                           limit=st.stage.parallelism)
+        out = run_parallel(
+            st.hosts, lambda h: h.run(cmd, check=False).stdout.strip(), limit=st.stage.parallelism
+        )
     except FanOutError as exc:
         out = {**exc.results, **{k: f"unreachable ({v})" for k, v in exc.errors.items()}}
     for name, link in out.items():

@@ -309,7 +309,10 @@ def _drain(d: _Drainer, *, timeout: float, policy: str, grace: float, max_wait: 
             d.lease, d.recorded,
         )
     d.request_stops()
-    d.wait_until(time.monotonic() + grace + stop_margin)
+    # A central store judges death by heartbeat age: a supervisor that died silently only looks
+    # dead once its heartbeat is stale, so give the wait that long too.
+    stale = float(getattr(d.store, "heartbeat_stale", 0.0)) if d.store.central else 0.0
+    d.wait_until(time.monotonic() + grace + max(stop_margin, stale))
     if d.active:
         # Their death is not confirmed, so they are not recorded; the deploy must not switch under
         # them. They keep their stop request: a later drain finds them again.

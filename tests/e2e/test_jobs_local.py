@@ -223,3 +223,11 @@ def test_dry_run_lists_the_job_and_changes_nothing(project):
     finally:
         store.close()
         kill_group(proc)
+
+
+def test_lock_wait_lets_a_deploy_through_once_the_lock_expires(project):
+    project.shipit("lock", "acquire", "s", "-m", "short hold", "--ttl", "3",
+                   env={"SHIPIT_ACTOR": "bob@box"}, check=True)
+    assert project.shipit("deploy", "s").returncode == 3
+    res = project.shipit("deploy", "s", "--lock-wait", "60")
+    assert res.returncode == 0, res.stdout + res.stderr
