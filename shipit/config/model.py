@@ -7,7 +7,7 @@ merged vars. The rest of shipit only ever sees resolved `StageConfig` objects.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -74,6 +74,72 @@ class JobDefinition(Strict):
     grace: float | None = None
 
 
+class AdapterBase(Strict):
+    """Fields every job-system adapter shares (see shipit/adapters/base.py). Policy fields left
+    unset take the stage's jobs.* values."""
+
+    name: str | None = None  # unique per stage; defaults to the type
+    roles: list[str] = Field(default_factory=list)  # hosts it works on; empty = every host
+    drain_policy: Literal["wait", "abort", "terminate"] | None = None
+    drain_timeout: float | None = Field(default=None, ge=0)
+    grace: float | None = Field(default=None, ge=0)
+
+
+class CronAdapterConfig(AdapterBase):
+    """Cron entries from `cron:` run through `shipit job run`, so the gate holds them already."""
+
+    type: Literal["cron"]
+    # Rewrite the crontab block after each deploy, so the crontab follows shipit.yaml.
+    install: bool = False
+
+
+class SystemdAdapterConfig(AdapterBase):
+    type: Literal["systemd"]
+    # Long-running services: stopped at the drain deadline (or at once with drain_policy
+    # terminate and drain_timeout 0), started again after the release.
+    units: list[str] = Field(default_factory=list)
+    # Timers: stopped at pause (no new runs), their services waited for, started on resume.
+    timers: list[str] = Field(default_factory=list)
+    user: bool = False  # `systemctl --user`
+    systemctl: str = "systemctl"
+
+    @model_validator(mode="after")
+    def _something(self) -> SystemdAdapterConfig:
+        if not self.units and not self.timers:
+            raise ValueError("a systemd adapter needs units or timers")
+        return self
+
+
+class CommandAdapterConfig(AdapterBase):
+    """Shell commands for a system shipit does not know. `list` prints a JSON list of items."""
+
+    type: Literal["command"]
+    pause: str | None = None
+    list: str | None = None
+    stop: str | None = None
+    resume: str | None = None
+    requeue: str | None = None
+    # hosts: run on every (matching) host; local: once, on the machine running shipit
+    run_on: Literal["hosts", "local"] = "hosts"
+    timeout: float = Field(default=60.0, gt=0)
+
+
+# Other adapters (RQ, Celery...) add their config class to this union.
+AdapterConfig = Annotated[
+    CronAdapterConfig | SystemdAdapterConfig | CommandAdapterConfig,
+    Field(discriminator="type"),
+]
+
+
+class CronEntry(Strict):
+    """One crontab line `shipit cron install` writes, run through `shipit job run`."""
+
+    name: str
+    schedule: str
+    command: str
+    roles: list[str] = Field(default_factory=list)
+
+
 class JobsConfig(Strict):
     store: Literal["file", "sqlite", "postgres"] = "sqlite"
     # Store location on each host for file/sqlite; default {deploy_to}/shared/shipit
@@ -88,6 +154,7 @@ class JobsConfig(Strict):
     heartbeat: float = 2.0
     env_allow: list[str] = Field(default_factory=list)
     definitions: dict[str, JobDefinition] = Field(default_factory=dict)
+    adapters: list[AdapterConfig] = Field(default_factory=list)
 
     @field_validator("lease_ttl")
     @classmethod
@@ -179,6 +246,7 @@ class StageConfig(Strict):
     secrets: tuple[str, ...] = ()
     config_path: str = "shipit.yaml"
     notify: tuple[NotifyTarget, ...] = ()
+    cron: tuple[CronEntry, ...] = ()
 
     @property
     def store_dir(self) -> str:
@@ -201,6 +269,7 @@ class Config(Strict):
     secrets: list[str] = Field(default_factory=list)
     shipit_command: str = "shipit"
     notify: list[NotifyTarget] = Field(default_factory=list)
+    cron: list[CronEntry] = Field(default_factory=list)
     stages: dict[str, StageEntry]
     config_path: str = "shipit.yaml"
 

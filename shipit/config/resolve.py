@@ -249,6 +249,7 @@ def resolve_stage(config: Config, name: str) -> StageConfig:
         parallelism = _positive(stage.parallelism, lines, ("stages", name, "parallelism"))
     check_linked(config, lines)
     check_job_order(jobs.definitions, stage, name, lines)
+    _check_adapters(config, stage, name, jobs, lines)
     return StageConfig(
         name=name,
         application=config.application,
@@ -268,7 +269,32 @@ def resolve_stage(config: Config, name: str) -> StageConfig:
         config_path=config.config_path,
         # A stage's notify list replaces the top-level one (an empty list silences the stage).
         notify=tuple(stage.notify if stage.notify is not None else config.notify),
+        cron=tuple(config.cron),
     )
+
+
+def _check_adapters(
+    config: Config, stage: StageEntry, name: str, jobs: JobsConfig, lines: LineMap
+) -> None:
+    """Adapter names must be unique (events and recorded items refer to them); cron entries
+    must be well formed lines (a newline would smuggle extra crontab lines in)."""
+    from shipit.adapters.cron import cron_entry_problem
+
+    base: Path = ("stages", name, "jobs") if stage.jobs and "adapters" in stage.jobs.model_fields_set else ("jobs",)
+    seen: set[str] = set()
+    for index, adapter in enumerate(jobs.adapters):
+        label = adapter.name or adapter.type
+        if label in seen:
+            raise _fail(lines, (*base, "adapters", index, "name"), f"adapter name {label!r} is used twice")
+        seen.add(label)
+    names: set[str] = set()
+    for index, entry in enumerate(config.cron):
+        problem = cron_entry_problem(entry)
+        if problem is not None:
+            raise _fail(lines, ("cron", index, problem[0]), problem[1])
+        if entry.name in names:
+            raise _fail(lines, ("cron", index, "name"), f"cron entry name {entry.name!r} is used twice")
+        names.add(entry.name)
 
 
 def filter_hosts(
