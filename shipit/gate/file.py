@@ -267,8 +267,8 @@ class FileStore(Store):
             left = deadline - time.monotonic()
             if left <= 0 or self._gate_stamp() != first:
                 return
-            if lease is not None and lease.state == "closed" and lease.expires_at <= time.time():
-                return
+            if lease is not None and not lease.is_closed(time.time()):
+                return  # open or expired already: the caller's claim will go through
             time.sleep(min(c.POLL, left))
 
     # -- job side -----------------------------------------------------------------------------

@@ -281,11 +281,9 @@ class PostgresStore(Store):
         self._drain()
         lease, now = self._with_retry(lambda cur: (self._gate(cur), self._now(cur)))
         left = deadline - time.monotonic()
-        if lease.state == "closed":
-            if lease.expires_at <= now:
-                return
-            left = min(left, lease.expires_at - now)
-        self._wait_notify(left, None)
+        if lease.state != "closed" or lease.expires_at <= now:
+            return  # open or expired already: the caller's claim will go through
+        self._wait_notify(min(left, lease.expires_at - now), None)
 
     # -- job side -----------------------------------------------------------------------------
     def claim(self, spec: ClaimSpec) -> Run | Lease:

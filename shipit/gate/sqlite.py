@@ -221,8 +221,10 @@ class SQLiteStore(Store):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            if first.state == "closed" and first.expires_at <= time.time():
-                return  # the lease expired: the gate now counts as open
+            if not first.is_closed(time.time()):
+                # Open (or expired) already: a reopen between the caller's claim and this read
+                # must not make the caller sleep until the NEXT change.
+                return
             time.sleep(min(c.POLL, left))
             if self.gate() != first:
                 return
