@@ -145,6 +145,9 @@ class JobsConfig(Strict):
     # Store location on each host for file/sqlite; default {deploy_to}/shared/shipit
     path: str | None = None
     dsn_env: str = "SHIPIT_DSN"
+    # A file of Fernet keys (newest first, mode 0600) encrypting saved job state and recorded
+    # env at rest; SHIPIT_STATE_KEYS in the environment wins. See docs/security.md.
+    key_file: str | None = None
     drain_timeout: float = 300.0
     drain_policy: Literal["wait", "abort", "terminate"] = "terminate"
     grace: float = 10.0

@@ -19,12 +19,15 @@ from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Any
 
+from shipit import crypto
 from shipit.errors import CorruptState, FencingError, GateHeld, ShipitError
 from shipit.gate.base import ALL_STATES, FINAL_STATES, SCHEMA_VERSION, Lease, Run
 
 RUN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Run))
 # Fields kept as JSON text in SQL columns (structured values).
 JSON_FIELDS = frozenset({"command", "env", "checkpoint"})
+# Fields encrypted at rest when a state key is configured (see shipit/crypto.py).
+SEALED_FIELDS = ("env", "checkpoint")
 LEASE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Lease))
 
 # Poll period for waits that cannot be event-driven by the OS (flock has no timeout).
@@ -194,6 +197,9 @@ def run_to_row(run: Run) -> dict[str, Any]:
     row = run.to_dict()
     for k in JSON_FIELDS:
         row[k] = None if k == "checkpoint" and row[k] is None else json.dumps(row[k], ensure_ascii=False)
+    for k in SEALED_FIELDS:
+        if row[k] is not None:
+            row[k] = crypto.seal(row[k])
     return row
 
 
@@ -202,7 +208,10 @@ def row_to_run(row: Mapping[str, Any], where: str) -> Run:
     try:
         for k in JSON_FIELDS:
             if d.get(k) is not None:
-                d[k] = json.loads(d[k])
+                text = d[k]
+                if k in SEALED_FIELDS and isinstance(text, str):
+                    text = crypto.unseal(text, f"{where}: run {d.get('id')!r}")
+                d[k] = json.loads(text)
         return run_from_dict(d)
     except (ValueError, TypeError) as e:
         raise CorruptState(f"{where}: run {d.get('id')!r} cannot be read ({e})") from None
@@ -214,6 +223,56 @@ def encode_json(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValueError(f"checkpoint state must be JSON-serialisable: {e}") from None
+
+
+def encode_checkpoint(value: Any) -> str:
+    """A checkpoint as stored in a SQL column: JSON, encrypted when a state key is configured."""
+    return crypto.seal(encode_json(value))
+
+
+def seal_run_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """A run dict (to_dict) with env and checkpoint encrypted when a key is configured; for
+    backends that store JSON documents rather than columns (file)."""
+    if crypto.cipher_from_env() is None:
+        return d
+    out = dict(d)
+    for k in SEALED_FIELDS:
+        if out[k] is not None:
+            out[k] = crypto.seal(json.dumps(out[k], ensure_ascii=False, allow_nan=False))
+    return out
+
+
+def rotation_cipher() -> crypto.StateCipher:
+    cipher = crypto.cipher_from_env()
+    if cipher is None:
+        raise crypto.StateKeyError(f"no job state key to rotate to ({crypto.HINT})")
+    return cipher
+
+
+def reseal_column(value: str | None, where: str) -> str | None:
+    """A SQL column value (JSON text, maybe encrypted) under the newest key."""
+    return None if value is None else rotation_cipher().rotate(value, where)
+
+
+def reseal_run_dict(d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A stored run document with env and checkpoint under the newest key."""
+    cipher = rotation_cipher()
+    out = dict(d)
+    for k in SEALED_FIELDS:
+        v = out.get(k)
+        if crypto.is_encrypted(v):
+            out[k] = cipher.rotate(v, f"{where}: run {out.get('id')!r}")
+        elif v is not None:
+            out[k] = cipher.encrypt(json.dumps(v, ensure_ascii=False, allow_nan=False))
+    return out
+
+
+def unseal_run_dict(d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out = dict(d)
+    for k in SEALED_FIELDS:
+        if crypto.is_encrypted(out.get(k)):
+            out[k] = json.loads(crypto.unseal(out[k], f"{where}: run {out.get('id')!r}"))
+    return out
 
 
 # -- run locks (file and SQLite liveness) ---------------------------------------------------------

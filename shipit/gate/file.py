@@ -156,14 +156,14 @@ class FileStore(Store):
         try:
             doc = json.loads(raw)
             c.check_schema(int(doc.get("schema", 1)), path)
-            return c.run_from_dict(doc["run"])
+            return c.run_from_dict(c.unseal_run_dict(doc["run"], path))
         except CorruptState:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise CorruptState(f"{path}: run file is unreadable ({type(e).__name__})") from None
 
     def _save_run(self, run: Run) -> None:
-        doc = {"schema": SCHEMA_VERSION, "run": run.to_dict()}
+        doc = {"schema": SCHEMA_VERSION, "run": c.seal_run_dict(run.to_dict())}
         data = json.dumps(doc, ensure_ascii=False, allow_nan=False).encode()
         _write_atomic(self._run_path(run.id), data)
 
@@ -416,6 +416,30 @@ class FileStore(Store):
 
     def audit(self, action: str, actor: str, epoch: int, reason: str = "", forced: bool = False) -> None:
         self._audit(action, actor, epoch, reason, forced)
+
+    def reencrypt_state(self) -> int:
+        """Re-encrypt every run's env and checkpoint with the newest state key (plain ones get
+        encrypted). All files are checked before any is written: a run readable by none of the
+        keys stops the rotation with nothing changed. Returns the number of runs rewritten."""
+        runs_dir = os.path.join(self.dir, "runs")
+        with self._flock("runs.lock", fcntl.LOCK_EX):
+            todo = []
+            for name in sorted(os.listdir(runs_dir)):
+                if not name.endswith(".json"):
+                    continue
+                path = os.path.join(runs_dir, name)
+                try:
+                    with open(path, "rb") as f:
+                        doc = json.loads(f.read())
+                    run = doc["run"]
+                except FileNotFoundError:
+                    continue
+                except (ValueError, TypeError, KeyError) as e:
+                    raise CorruptState(f"{path}: run file is unreadable ({type(e).__name__})") from None
+                todo.append((path, {**doc, "run": c.reseal_run_dict(run, path)}))
+            for path, doc in todo:
+                _write_atomic(path, json.dumps(doc, ensure_ascii=False, allow_nan=False).encode())
+        return len(todo)
 
     def audit_log(self, limit: int = 50) -> list[AuditEntry]:
         try:

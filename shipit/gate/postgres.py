@@ -368,7 +368,7 @@ class PostgresStore(Store):
         return self._with_retry(tx)
 
     def save_checkpoint(self, run_id: str, state: Any) -> None:
-        data = c.encode_json(state)
+        data = c.encode_checkpoint(state)
 
         def tx(cur: psycopg.Cursor[dict[str, Any]]) -> None:
             cur.execute(
@@ -532,6 +532,24 @@ class PostgresStore(Store):
 
     def audit(self, action: str, actor: str, epoch: int, reason: str = "", forced: bool = False) -> None:
         self._with_retry(lambda cur: self._audit(cur, action, actor, epoch, reason, forced))
+
+    def reencrypt_state(self) -> int:
+        """Re-encrypt every run's env and checkpoint with the newest state key, in one
+        transaction (a run no key can read rolls it all back). Returns the number of runs."""
+
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> int:
+            cur.execute("SELECT id, env, checkpoint FROM shipit_runs FOR UPDATE")
+            rows = cur.fetchall()
+            where = f"job store {redact(self._dsn)}"
+            for r in rows:
+                w = f"{where}: run {r['id']!r}"
+                cur.execute(
+                    "UPDATE shipit_runs SET env = %s, checkpoint = %s WHERE id = %s",
+                    (c.reseal_column(r["env"], w), c.reseal_column(r["checkpoint"], w), r["id"]),
+                )
+            return len(rows)
+
+        return self._with_retry(tx)
 
     def audit_log(self, limit: int = 50) -> list[AuditEntry]:
         def tx(cur: psycopg.Cursor[dict[str, Any]]) -> list[AuditEntry]:

@@ -290,7 +290,7 @@ class SQLiteStore(Store):
         return run.state == STOP_REQUESTED
 
     def save_checkpoint(self, run_id: str, state: Any) -> None:
-        data = c.encode_json(state)
+        data = c.encode_checkpoint(state)
         with self._tx() as db:
             self._run(db, run_id)
             db.execute(
@@ -396,6 +396,19 @@ class SQLiteStore(Store):
     def audit(self, action: str, actor: str, epoch: int, reason: str = "", forced: bool = False) -> None:
         with self._tx() as db:
             self._audit(db, action, actor, epoch, reason, forced)
+
+    def reencrypt_state(self) -> int:
+        """Re-encrypt every run's env and checkpoint with the newest state key, in one
+        transaction (a run no key can read rolls it all back). Returns the number of runs."""
+        with self._tx() as db:
+            rows = db.execute("SELECT id, env, checkpoint FROM runs").fetchall()
+            for run_id, env, checkpoint in rows:
+                where = f"{self.path}: run {run_id!r}"
+                db.execute(
+                    "UPDATE runs SET env = ?, checkpoint = ? WHERE id = ?",
+                    (c.reseal_column(env, where), c.reseal_column(checkpoint, where), run_id),
+                )
+        return len(rows)
 
     def audit_log(self, limit: int = 50) -> list[AuditEntry]:
         rows = self._read(
