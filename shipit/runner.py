@@ -32,8 +32,7 @@ from shipit.hooks import run_hooks
 from shipit.hosts.base import Host
 from shipit.hosts.fanout import FanOutError, run_parallel
 from shipit.hosts.open import open_host
-from shipit.phases import drain_jobs as drain_mod
-from shipit.phases import restart_jobs as restart_mod
+from shipit.phases import adapters as adapters_mod
 from shipit.phases.common import drop_state, engine_state, mask
 from shipit.phases.context import DeployContext
 from shipit.phases.pre_deploy import pre_deploy
@@ -155,7 +154,11 @@ def _recover(ctx: DeployContext, outcome: str, error: str | None) -> list[str]:
         for point in ("before_rollback", None, "after_rollback"):
             try:
                 if point is None:
-                    problems += rollback_phase(ctx, outcome=outcome, error=error)
+                    try:
+                        problems += rollback_phase(ctx, outcome=outcome, error=error)
+                    finally:
+                        # Whatever rollback did: a failed deploy never leaves work paused.
+                        problems += adapters_mod.recover_adapters(ctx)
                 else:
                     run_hooks(ctx, point)
             except (ShipitError, OSError) as exc:
@@ -188,9 +191,9 @@ def _execute(stage: StageConfig, opts: DeployOptions, bus: EventBus, mode: str, 
     try:
         _phase(ctx, "pre_deploy", pre_deploy)
         gate_touched = True
-        _phase(ctx, "drain_jobs", lambda c: drain_mod.drain_jobs(c, lock_wait=opts.lock_wait))
+        _phase(ctx, "drain_jobs", lambda c: adapters_mod.drain_jobs(c, lock_wait=opts.lock_wait))
         _phase(ctx, "release", release)
-        _phase(ctx, "restart_jobs", restart_mod.restart_jobs)
+        _phase(ctx, "restart_jobs", adapters_mod.restart_jobs)
     except KeyboardInterrupt:
         outcome, error, exit_code = "interrupted", "interrupted (Ctrl-C / SIGTERM)", Interrupted.exit_code
         bus.emit("log", message="interrupted: putting the stage back in a consistent state", level="warning")

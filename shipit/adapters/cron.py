@@ -192,7 +192,6 @@ class CronAdapter(Adapter):
         if not self.install or not ctx.stage.cron:
             return
         from shipit.gate.url import store_url_for
-
         from shipit.phases.common import emit_command
 
         url = store_url_for(ctx.stage)
