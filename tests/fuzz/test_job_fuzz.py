@@ -107,7 +107,7 @@ run_options = st.lists(
 )
 
 
-@fuzz(1200)
+@fuzz(2000)
 @given(head=st.sampled_from(["run", "checkpoint", "progress", "nope", "--help"]), options=run_options,
        tail=st.lists(hostile, max_size=3))
 @example(head="run", options=["--max-wait", "nan"], tail=["true"])
