@@ -23,6 +23,8 @@ from shipit.phases.context import DeployContext
 
 DRAIN = "drain_jobs"
 RESTART = "restart_jobs"
+# How long past the grace a stopped item may take to disappear from `running()`.
+STOP_MARGIN = 5.0
 
 
 @dataclass
@@ -99,6 +101,13 @@ def drain_adapters(ctx: DeployContext) -> None:
         for item in stopped:
             ctx.bus.emit("job.stopped", host=_host(item), phase=DRAIN, adapter=adapter.name,
                          item=item.to_dict(), message=f"{adapter.name}: stopped {item.name}")
+        # The release must not switch under work that ignored its stop.
+        left = adapter.wait(ctx, stopped, grace + STOP_MARGIN) if stopped else []
+        if left:
+            raise DeployFailed(
+                f"adapter {adapter.name}: still running {grace + STOP_MARGIN:g}s after the stop: "
+                + ", ".join(sorted({i.name for i in left}))
+            )
 
 
 def _report_finished(ctx: DeployContext, adapter: Adapter, items: list[WorkItem], still: list[WorkItem]) -> None:
