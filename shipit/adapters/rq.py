@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from shipit.adapters.base import Adapter, WorkItem
+from shipit.adapters.registry import register
 from shipit.errors import ConfigError, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -358,3 +359,10 @@ class RQAdapter(Adapter):
             job.save_meta()
             done.append(item)
         return done
+
+
+def _factory(cfg: Any, stage: Any) -> RQAdapter:
+    return RQAdapter.from_config(cfg)
+
+
+register("rq", _factory)

@@ -124,9 +124,33 @@ class CommandAdapterConfig(AdapterBase):
     timeout: float = Field(default=60.0, gt=0)
 
 
+class RQAdapterConfig(AdapterBase):
+    """RQ workers on a Redis the deploy machine reaches (docs/adapters/rq.md)."""
+
+    type: Literal["rq"]
+    url: str | None = None  # prefer url_env: a URL can carry a password
+    url_env: str = "REDIS_URL"
+    queues: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
+    suspend_ttl: float | None = Field(default=None, gt=0)  # default: jobs.lease_ttl
+    wake_timeout: float = Field(default=10.0, ge=0)
+
+
+class CeleryAdapterConfig(AdapterBase):
+    """Celery workers on a broker the deploy machine reaches (docs/adapters/celery.md)."""
+
+    type: Literal["celery"]
+    broker_url: str | None = None  # prefer broker_url_env: a URL can carry a password
+    broker_url_env: str = "CELERY_BROKER_URL"
+    queues: list[str] = Field(default_factory=lambda: ["celery"], min_length=1)
+    workers: list[str] = Field(default_factory=list)  # node names; empty = all on the queues
+    acks_late: bool = False  # the broker redelivers terminated tasks: shipit must not re-send
+    control_timeout: float = Field(default=2.0, gt=0)
+
+
 # Other adapters (RQ, Celery...) add their config class to this union.
 AdapterConfig = Annotated[
-    CronAdapterConfig | SystemdAdapterConfig | CommandAdapterConfig,
+    CronAdapterConfig | SystemdAdapterConfig | CommandAdapterConfig | RQAdapterConfig
+    | CeleryAdapterConfig,
     Field(discriminator="type"),
 ]
 

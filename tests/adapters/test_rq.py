@@ -203,3 +203,19 @@ def test_missing_url_env_names_the_variable(tmp_path: Path, monkeypatch: pytest.
     ctx, _ = make_ctx(tmp_path)
     with pytest.raises(ConfigError, match="SHIPIT_TEST_NO_SUCH_URL"):
         RQAdapter("rq", url_env="SHIPIT_TEST_NO_SUCH_URL").running(ctx)
+
+
+def test_shipit_yaml_adapter_entry_builds_an_rq_adapter(tmp_path: Path) -> None:
+    from shipit.adapters.registry import build_adapters
+    from shipit.config.model import Config
+
+    config = Config.model_validate({
+        "application": "app", "source": {"dir": str(tmp_path)}, "deploy_to": str(tmp_path / "app"),
+        "jobs": {"adapters": [{"type": "rq", "name": "reports", "queues": ["high", "low"],
+                               "url_env": "REPORTS_REDIS", "suspend_ttl": 90, "grace": 3}]},
+        "stages": {"prod": {"hosts": ["local"]}},
+    })
+    [adapter] = build_adapters(config.stage("prod"))
+    assert isinstance(adapter, RQAdapter)
+    assert (adapter.name, adapter.queues, adapter.url_env, adapter.suspend_ttl, adapter.grace) == (
+        "reports", ("high", "low"), "REPORTS_REDIS", 90, 3)
