@@ -36,6 +36,7 @@ missing=()
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 have_postgres || missing+=(postgresql)
+command -v crontab >/dev/null 2>&1 || missing+=(cron)  # `shipit cron` tests: real crontab -l / -
 command -v "$PYTHON" >/dev/null 2>&1 || missing+=(python3 python3-venv python3-pip)
 
 if [ "${#missing[@]}" -gt 0 ]; then
