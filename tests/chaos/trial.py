@@ -1,0 +1,416 @@
+"""One chaos trial: jobs in bursts, a few racing deploys, faults at random moments, then the
+invariants checked from the store's records and the hosts' files (tests/chaos/invariants.py).
+
+Everything random comes from one `random.Random(seed)`: the plan (which jobs, which deploys,
+which faults at which moments) is a function of the seed. What the processes do with it still
+depends on timing, so a failing seed is a strong hint to replay, not a recording.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shipit.gate.base import ACTIVE_STATES, Store
+from shipit.gate.url import open_store
+from tests.chaos import invariants
+from tests.chaos.world import MOUNT, World, ensure_up
+from tests.e2e.deploy_harness import HomeHost
+from tests.harness.sshd import SHIPIT_COMMAND, _descendants, ssh_section
+
+TTL = 3.0
+SHIPIT = [sys.executable, "-m", "shipit"]
+HOOK_POINTS = ("after_drain_jobs", "after_release", "before_restart_jobs")
+# Moments of a deploy, as seen in its --json event stream: (kind, phase or None).
+MOMENTS = {
+    "close": ("gate.closed", None),
+    "drain": ("job.stop_requested", None),
+    "release": ("phase.started", "release"),
+    "switch": ("release.switched", None),
+    "restart": ("phase.started", "restart_jobs"),
+    "restarted": ("job.restarted", None),
+}
+DEPLOY_TIMEOUT = 120.0
+
+
+@dataclass
+class TrialResult:
+    seed: int
+    backend: str
+    faults: Counter[str] = field(default_factory=Counter)
+    violations: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    observed: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+@dataclass
+class Deploy:
+    index: int
+    fail_hook: str | None
+    kill: tuple[str, int, float] | None  # (moment, signal, delay after it)
+    proc: subprocess.Popen[str] | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    killed_with: int | None = None
+    killed_at_moment: str | None = None
+    exit_code: int | None = None
+    ended_at: float = 0.0
+
+
+class Trial:
+    def __init__(self, world: World, backend: str, seed: int, workdir: Path) -> None:
+        self.world, self.backend, self.seed = world, backend, seed
+        self.rng = random.Random(seed)
+        self.app = f"chaos-{backend[:2]}-{seed}"
+        self.dir = workdir / self.app
+        self.result = TrialResult(seed=seed, backend=backend)
+        self.env = dict(os.environ)
+        self.env.pop("CHAOS_FAIL", None)
+        self.dsn: str | None = None
+        self.triggers: list[tuple[int, str, Any]] = []  # (deploy index, moment, action)
+        self.lock = threading.Lock()
+        self.dirty = False  # a fault hit a release mid-way: hosts may differ until a deploy succeeds
+        self.threads: list[threading.Thread] = []
+        self.job_procs: list[subprocess.Popen[bytes]] = []
+        self.n_jobs = 0
+
+    # -- setup ----------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        for h in self.world.hosts:
+            shutil.rmtree(self.world.tree(h, self.app), ignore_errors=True)
+        src = self.dir / "src"
+        src.mkdir(parents=True)
+        (self.dir / "ledgers").mkdir()
+        (self.dir / "logs").mkdir()
+        shutil.copy(Path(__file__).with_name("ledger_job.py"), src / "ledger_job.py")
+        (src / "app.py").write_text("VERSION = 1\n")
+        if self.backend == "postgres":
+            assert self.world.pg is not None
+            import psycopg
+
+            with psycopg.connect(self.world.pg.dsn(), autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.app}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{self.app}"')
+            self.dsn = self.world.pg.dsn(self.app)
+            self.env["SHIPIT_DSN"] = self.dsn
+        hooks = {p: [{"local": f'test "$CHAOS_FAIL" != {p}'}] for p in HOOK_POINTS}
+        cfg = {
+            "application": self.app,
+            "source": {"dir": str(src)},
+            "deploy_to": f"{MOUNT}/{self.app}",
+            "shipit_command": SHIPIT_COMMAND,
+            "ssh": ssh_section(self.world.hosts),
+            "jobs": {
+                "store": self.backend, "lease_ttl": TTL, "grace": 1.0, "max_restarts": 100,
+                "drain_timeout": round(self.rng.uniform(0.2, 1.5), 2), "drain_policy": "terminate",
+                "heartbeat": 0.5,
+            },
+            "hooks": hooks,
+            "stages": {"test": {"hosts": [h.name for h in self.world.hosts], "parallelism": 3}},
+        }
+        (self.dir / "shipit.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    def shipit(self, *args: str, timeout: float = DEPLOY_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*SHIPIT, "--config", str(self.dir / "shipit.yaml"), *args], capture_output=True,
+            text=True, timeout=timeout, env=self.env, check=False, stdin=subprocess.DEVNULL,
+        )
+
+    def store_url(self, host: HomeHost, *, outside: bool) -> str:
+        base = str(self.world.tree(host, self.app)) if outside else f"{MOUNT}/{self.app}"
+        if self.backend == "file":
+            return f"file:{base}/shared/shipit"
+        if self.backend == "sqlite":
+            return f"sqlite:{base}/shared/shipit/jobs.db"
+        return "postgres"
+
+    def stores(self) -> list[tuple[str, Store]]:
+        """(label, store) for every store of the stage, opened from this side."""
+        if self.backend == "postgres":
+            assert self.dsn is not None
+            return [("postgres", open_store(self.dsn))]
+        return [(h.name, open_store(self.store_url(h, outside=True))) for h in self.world.hosts]
+
+    # -- jobs -----------------------------------------------------------------------------------
+    def start_job(self, host: HomeHost) -> None:
+        if not host.running:
+            return
+        with self.lock:
+            self.n_jobs += 1
+            n = self.n_jobs
+        long = self.rng.random() < 0.5
+        stateful = self.rng.random() < 0.7
+        total = self.rng.randint(60, 200) if long else self.rng.randint(3, 12)
+        delay = round(self.rng.uniform(0.02, 0.06), 3)
+        ledger = self.dir / "ledgers" / f"j{n}.txt"
+        argv = [
+            *self.world.nsenter(host), *SHIPIT, "job", "run", "--store", self.store_url(host, outside=False),
+            "--host", host.name, "--name", f"j{n}", "--cwd", f"{MOUNT}/{self.app}/current",
+            "--grace", "1", "--heartbeat", "0.3", "--max-wait", "60",
+            "--", sys.executable, "ledger_job.py", str(ledger), str(total), str(delay), "1" if stateful else "0",
+        ]
+        with open(self.dir / "logs" / f"j{n}.log", "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    env=self.env, start_new_session=True)
+        self.job_procs.append(proc)
+        self.result.faults["job_started"] += 1
+
+    def burst(self) -> None:
+        n = self.rng.randint(4, 8) if self.rng.random() < 0.8 else self.rng.randint(9, 14)
+        for _ in range(n):
+            self.start_job(self.rng.choice(self.world.hosts))
+
+    def kill_a_job(self, supervisor: bool) -> None:
+        """SIGKILL a live job's supervisor (its run is left 'running' with no owner) or the job
+        under it (the supervisor records a failure)."""
+        for _label, store in self.stores():
+            try:
+                runs = [r for r in store.list_runs(states=ACTIVE_STATES) if r.pid]
+            except Exception:  # noqa: BLE001 - the store may be mid-restart: try the next moment
+                runs = []
+            finally:
+                store.close()
+            if not runs:
+                continue
+            run = self.rng.choice(runs)
+            assert run.pid is not None
+            pids = [run.pid] if supervisor else _descendants(run.pid)
+            if not pids:
+                continue
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.result.faults["supervisor_sigkill" if supervisor else "job_sigkill"] += 1
+            return
+
+    # -- faults ---------------------------------------------------------------------------------
+    def kill_sshd(self, moment: str) -> None:
+        host = self.rng.choice(self.world.hosts)
+        if not host.running:
+            return
+        down = self.rng.uniform(0.2, 2.0)
+        host.kill()
+        self.result.faults["sshd_kill"] += 1
+        if moment in ("release", "switch"):
+            self.dirty = True
+
+        def back() -> None:
+            time.sleep(down)
+            with contextlib.suppress(Exception):
+                host.start()
+
+        self._thread(back)
+
+    def restart_pg(self) -> None:
+        if self.world.pg is None:
+            return
+        with contextlib.suppress(Exception):
+            self.world.pg.restart()
+            self.result.faults["pg_restart"] += 1
+
+    def _thread(self, fn: Any, *args: Any) -> None:
+        t = threading.Thread(target=fn, args=args, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    # -- deploys --------------------------------------------------------------------------------
+    def plan_deploy(self, index: int) -> Deploy:
+        fail = self.rng.choice(HOOK_POINTS) if self.rng.random() < 0.2 else None
+        kill = None
+        if self.rng.random() < 0.45:
+            moment = self.rng.choice(list(MOMENTS))
+            sig = signal.SIGKILL if self.rng.random() < 0.6 else signal.SIGTERM
+            kill = (moment, int(sig), round(self.rng.uniform(0.0, 0.3), 3))
+        d = Deploy(index=index, fail_hook=fail, kill=kill)
+        if self.rng.random() < 0.25:
+            moment = self.rng.choice(list(MOMENTS))
+            self.triggers.append((index, moment, lambda m=moment: self.kill_sshd(m)))
+        if self.backend == "postgres" and self.rng.random() < 0.3:
+            self.triggers.append((index, self.rng.choice(list(MOMENTS)), lambda: self._thread(self.restart_pg)))
+        return d
+
+    def start_deploy(self, d: Deploy) -> None:
+        env = dict(self.env)
+        if d.fail_hook:
+            env["CHAOS_FAIL"] = d.fail_hook
+            self.result.faults["failing_hook"] += 1
+        with open(self.dir / "logs" / f"deploy{d.index}.err", "ab") as err:
+            d.proc = subprocess.Popen(
+                [*SHIPIT, "--config", str(self.dir / "shipit.yaml"), "deploy", "test", "--yes", "--json"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+                start_new_session=True,
+            )
+        self._thread(self._read_events, d)
+
+    def _read_events(self, d: Deploy) -> None:
+        assert d.proc is not None and d.proc.stdout is not None
+        for line in d.proc.stdout:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            d.events.append(ev)
+            moment = next((m for m, (k, p) in MOMENTS.items()
+                           if ev.get("kind") == k and (p is None or ev.get("phase") == p)), None)
+            if moment is None:
+                continue
+            if d.kill and d.kill[0] == moment and d.killed_with is None:
+                time.sleep(d.kill[2])
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(d.proc.pid, d.kill[1])
+                    d.killed_with, d.killed_at_moment = d.kill[1], moment
+                    name = "deploy_sigkill" if d.kill[1] == signal.SIGKILL else "deploy_sigterm"
+                    self.result.faults[f"{name}@{moment}"] += 1
+                    if d.kill[1] == signal.SIGKILL and moment in ("release", "switch"):
+                        self.dirty = True
+            for i, (index, m, action) in enumerate(list(self.triggers)):
+                if index == d.index and m == moment:
+                    self.triggers[i] = (index, "", action)
+                    action()
+
+    def wait_deploy(self, d: Deploy) -> None:
+        assert d.proc is not None
+        try:
+            d.exit_code = d.proc.wait(timeout=DEPLOY_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.result.violations.append(f"deploy {d.index} hung for {DEPLOY_TIMEOUT:.0f}s (killed)")
+            d.proc.kill()
+            d.exit_code = d.proc.wait()
+        d.ended_at = time.time()
+        if d.exit_code == 0:
+            self.dirty = False
+
+    # -- the trial ------------------------------------------------------------------------------
+    def run(self) -> TrialResult:
+        start = time.monotonic()
+        try:
+            self._run()
+        finally:
+            self.cleanup()
+            self.result.seconds = round(time.monotonic() - start, 1)
+        return self.result
+
+    def _run(self) -> None:
+        self._setup()
+        first = self.shipit("deploy", "test", "--yes")
+        if first.returncode != 0:
+            self.result.violations.append(f"setup: first deploy failed: {first.stderr.strip()[-300:]}")
+            return
+        self.burst()
+        time.sleep(self.rng.uniform(0.3, 1.2))
+        deploys = [self.plan_deploy(i) for i in range(self.rng.randint(1, 3))]
+        overlap = [False] + [self.rng.random() < 0.5 for _ in deploys[1:]]
+        job_faults = [(self.rng.uniform(0.0, 3.0), self.rng.random() < 0.5 and self.backend != "postgres")
+                      for _ in range(self.rng.randint(0, 3))]
+        second_burst = self.rng.uniform(0.0, 2.5) if self.rng.random() < 0.7 else None
+        t0 = time.monotonic()
+
+        def background() -> None:
+            events: list[tuple[float, Any]] = [(at, lambda s=sup: self.kill_a_job(s)) for at, sup in job_faults]
+            if second_burst is not None:
+                events.append((second_burst, self.burst))
+            for at, fn in sorted(events, key=lambda e: e[0]):
+                time.sleep(max(0.0, t0 + at - time.monotonic()))
+                with contextlib.suppress(Exception):
+                    fn()
+
+        self._thread(background)
+        for i, d in enumerate(deploys):
+            if i and not overlap[i]:
+                self.wait_deploy(deploys[i - 1])
+            elif i:
+                time.sleep(self.rng.uniform(0.0, 1.0))
+            self.start_deploy(d)
+        for d in deploys:
+            if d.exit_code is None:
+                self.wait_deploy(d)
+        for t in self.threads:
+            t.join(timeout=30)
+        ensure_up(self.world)
+        self.check(deploys)
+
+    def check(self, deploys: list[Deploy]) -> None:
+        ended = max(d.ended_at for d in deploys)
+        v = self.result.violations
+        v += invariants.lease_expires(self.stores, ended + TTL + TTL / 3 + 1.5)
+        reconciled = self.shipit("jobs", "reconcile", "test")
+        if reconciled.returncode != 0:
+            v.append(f"(b) jobs reconcile exited {reconciled.returncode}: {reconciled.stderr.strip()[-300:]}")
+        v += invariants.restarted_once(self.stores, when="after reconcile")
+        v += invariants.no_run_in_closed_gate(self.stores, TTL)
+        v += invariants.releases_complete(self.world, self.app, same=not self.dirty)
+        if self.dirty:
+            self.result.notes.append("a fault hit a release mid-way: hosts compared after the next deploy")
+        final = self.shipit("deploy", "test", "--yes")
+        if final.returncode != 0:
+            v.append(f"(f) plain deploy after the trial exited {final.returncode}: {final.stderr.strip()[-300:]}")
+        else:
+            v += invariants.releases_complete(self.world, self.app, same=True)
+        v += invariants.restarted_once(self.stores, when="after the final deploy")
+        self.kill_everything()
+        self.observe()
+        v += invariants.no_run_in_closed_gate(self.stores, TTL)
+        v += invariants.ledgers(self.stores, self.dir / "ledgers")
+
+    def observe(self) -> None:
+        """What the trial exercised, from the records: so a run of trials that never stopped or
+        restarted anything shows as such instead of passing quietly."""
+        seen = self.result.observed
+        for _label, store in self.stores():
+            try:
+                for r in store.list_runs():
+                    if r.job == invariants.PROBE:
+                        continue
+                    seen[f"runs_{r.state}"] += 1
+                    if r.continues:
+                        seen["restarts"] += 1
+            finally:
+                store.close()
+
+    def kill_everything(self) -> None:
+        """End every process of this trial: the supervisors I started, the ones deploys started
+        (found by the trial's name in their command line or environment) and their jobs."""
+        token = self.app.encode()
+        for _ in range(3):
+            found = False
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit() or int(entry) == os.getpid():
+                    continue
+                try:
+                    blob = Path(f"/proc/{entry}/cmdline").read_bytes() + Path(f"/proc/{entry}/environ").read_bytes()
+                except OSError:
+                    continue
+                if token in blob and b"sshd" not in Path(f"/proc/{entry}/cmdline").read_bytes()[:40]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(entry), signal.SIGKILL)
+                        found = True
+            if not found:
+                break
+            time.sleep(0.3)
+        for p in self.job_procs:
+            with contextlib.suppress(Exception):
+                p.wait(timeout=5)
+
+    def cleanup(self) -> None:
+        with contextlib.suppress(Exception):
+            self.kill_everything()
+        with contextlib.suppress(Exception):
+            ensure_up(self.world)
+        for h in self.world.hosts:
+            shutil.rmtree(self.world.tree(h, self.app), ignore_errors=True)
