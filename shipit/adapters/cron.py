@@ -13,6 +13,7 @@ other line is kept as it was.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 from collections.abc import Sequence
@@ -206,3 +207,32 @@ def _factory(cfg: Any, stage: StageConfig) -> Adapter:
 
 
 register("cron", _factory)
+
+
+def cron_on_stage(stage: StageConfig, action: str, *, dry_run: bool = False) -> dict[str, CronChange | BaseException]:
+    """install | remove | show on every host of the stage, in parallel. A host's failure is
+    returned in its slot (the others still get their crontab); nothing here prints."""
+    from shipit.gate.url import store_url_for
+    from shipit.hosts.fanout import FanOutError, run_parallel
+    from shipit.hosts.open import open_host
+
+    url = store_url_for(stage)
+    hosts = [open_host(spec, stage.ssh) for spec in stage.hosts]
+
+    def one(host: Host) -> CronChange:
+        if action == "show":
+            existing = read_crontab(host)
+            return CronChange(host.name, current_block(existing, stage.application),
+                              block_lines(stage, host.spec, url), False)
+        return apply_block(host, stage, url, remove=action == "remove", dry_run=dry_run)
+
+    try:
+        try:
+            out: dict[str, Any] = run_parallel(hosts, one, limit=stage.parallelism)
+        except FanOutError as exc:
+            out = {**exc.results, **exc.errors}
+    finally:
+        for host in hosts:
+            with contextlib.suppress(Exception):  # closing is best effort
+                host.close()
+    return {h.name: out[h.name] for h in hosts}

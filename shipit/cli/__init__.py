@@ -67,10 +67,11 @@ def _passthrough(name: str, target: str, help_text: str) -> click.Command:
 
 
 def _register() -> None:
-    from shipit.cli import deploy
+    from shipit.cli import cron, deploy
 
     for command in deploy.COMMANDS:
         cli.add_command(command)
+    cli.add_command(cron.cron)
     cli.add_command(
         _passthrough(
             "job", "shipit.jobs.cli:main", "Run a job under shipit's supervision (on a host)."
