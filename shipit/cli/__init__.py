@@ -88,6 +88,8 @@ def _register() -> None:
         return  # the job commands are optional: the deploy commands work without them
     for command in (lock, jobs, status):
         cli.add_command(command)
+    from shipit.cli.keys import keys; cli.add_command(keys)  # noqa: E702, I001
+    from shipit.cli.hosts import hosts; cli.add_command(hosts)  # noqa: E702, I001
 
 
 _register()

@@ -40,9 +40,11 @@ class Stage:
     """The stage's stores: one per host (file/sqlite, via the agent) or one central (postgres)."""
 
     def __init__(self, stage: StageConfig) -> None:
+        from shipit.crypto import use_stage_keys
         from shipit.hosts.open import open_host
         from shipit.phases.context import DeployContext
 
+        use_stage_keys(stage)  # jobs.key_file: the central store and the local agent read state
         self.stage = stage
         self.bus = EventBus()
         self.bus.subscribe(_echo_event)

@@ -400,6 +400,8 @@ class SQLiteStore(Store):
     def reencrypt_state(self) -> int:
         """Re-encrypt every run's env and checkpoint with the newest state key, in one
         transaction (a run no key can read rolls it all back). Returns the number of runs."""
+        with self._mu:
+            self._db.execute("PRAGMA secure_delete = ON")
         with self._tx() as db:
             rows = db.execute("SELECT id, env, checkpoint FROM runs").fetchall()
             for run_id, env, checkpoint in rows:
@@ -408,6 +410,14 @@ class SQLiteStore(Store):
                     "UPDATE runs SET env = ?, checkpoint = ? WHERE id = ?",
                     (c.reseal_column(env, where), c.reseal_column(checkpoint, where), run_id),
                 )
+        # Old values linger in the WAL and in freed pages until both are rewritten. Best effort:
+        # a job holding a read transaction makes these return busy; a later rotation finishes.
+        with self._mu:
+            for stmt in ("PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"):
+                try:
+                    self._db.execute(stmt)
+                except sqlite3.OperationalError:
+                    break
         return len(rows)
 
     def audit_log(self, limit: int = 50) -> list[AuditEntry]:
