@@ -70,10 +70,19 @@ def demo(c: Context) -> None:
     _run(c, "scripts/demo.sh")
 
 
-@task(help={"args": "extra pytest arguments"})
-def chaos(c: Context, args: str = "") -> None:
-    """Kill deploys, jobs, sshd and PostgreSQL at random moments (tests/chaos)."""
+@task(help={
+    "trials": "number of randomized trials (0: run the fixed-seed CI sample, tests/chaos)",
+    "seed": "seed of the first trial (trial k uses seed+k)",
+    "backend": "file, sqlite, postgres or all (round-robin)",
+    "args": "extra pytest arguments for the sample",
+})
+def chaos(c: Context, trials: int = 0, seed: int = 1, backend: str = "all", args: str = "") -> None:
+    """Kill deploys, jobs, sshd and PostgreSQL at random moments and check the guarantees."""
     if not (ROOT / "tests" / "chaos").is_dir():
         print("no chaos tests yet (tests/chaos)")
         return
-    _run(c, f"scripts/test.sh tests/chaos {args}")
+    if trials <= 0:
+        _run(c, f"scripts/test.sh tests/chaos {args}")
+        return
+    _run(c, f"{shlex.quote(sys.executable)} -m tests.chaos.run --trials {int(trials)} "
+            f"--seed {int(seed)} --backend {shlex.quote(backend)}")

@@ -59,10 +59,10 @@ def lease_expires(stores: Stores, deadline: float) -> list[str]:
     return out
 
 
-def restarted_once(stores: Stores, *, when: str) -> list[str]:
+def restarted_once(stores: Stores, *, when: str, wait: float = RESTART_WAIT) -> list[str]:
     """(b) Every checkpointed/interrupted run has exactly one successor (or was given up, which
     is its own state); no run ever has two. Restarts are spawned detached, so wait for them."""
-    deadline = time.monotonic() + RESTART_WAIT
+    deadline = time.monotonic() + wait
     while True:
         out = []
         pending = False
