@@ -40,6 +40,8 @@ def run_trials(world: World, backends: list[str], trials: int, seed: int, workdi
             for v in result.violations:
                 print(f"  {v}", flush=True)
             if result.violations:
+                for n in result.notes:
+                    print(f"  note: {n}", flush=True)
                 print(f"  replay: {replay_command(result.seed, backend)}", flush=True)
     return results
 

@@ -207,6 +207,7 @@ class Trial:
         down = self.rng.uniform(0.2, 2.0)
         host.kill()
         self.result.faults["sshd_kill"] += 1
+        self.result.notes.append(f"sshd {host.name} killed at {moment}, back after {down:.1f}s")
         if moment in ("release", "switch", "restart", "restarted"):
             # A host lost after the switch cannot be rolled back with the others: the stage stays
             # on two releases until the next deploy (checked after it; counted in `observed`).
@@ -295,6 +296,11 @@ class Trial:
             d.proc.kill()
             d.exit_code = d.proc.wait()
         d.ended_at = time.time()
+        summary = next((e["summary"] for e in reversed(d.events) if "summary" in e), {})
+        killed = f", {signal.Signals(d.killed_with).name}@{d.killed_at_moment}" if d.killed_with else ""
+        hook = f", hook {d.fail_hook} fails" if d.fail_hook else ""
+        self.result.notes.append(f"deploy {d.index}: exit {d.exit_code}{killed}{hook}, "
+                                 f"outcome {summary.get('outcome')}: {summary.get('error')}")
         if d.exit_code == 0:
             self.dirty = False
 
