@@ -231,3 +231,21 @@ def test_lock_wait_lets_a_deploy_through_once_the_lock_expires(project):
     assert project.shipit("deploy", "s").returncode == 3
     res = project.shipit("deploy", "s", "--lock-wait", "60")
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_two_deploys_at_once_one_proceeds_the_other_exits_3_naming_the_holder(project):
+    cfg = yaml.safe_load((project.root / "shipit.yaml").read_text())
+    cfg["jobs"].update({"drain_policy": "wait", "drain_timeout": 60})
+    (project.root / "shipit.yaml").write_text(yaml.safe_dump(cfg))
+    job = start_job(project.url, "busy", ["sleep", "6"], host="local")
+    store = project.store()
+    try:
+        wait_for(lambda: any(r.job == "busy" for r in store.list_runs()), what="the job")
+        deploys = [project.popen("deploy", "s", env={"SHIPIT_ACTOR": f"dev{i}@box"}) for i in range(2)]
+        results = [(d.wait(timeout=120), d.stdout.read() + d.stderr.read()) for d in deploys]  # type: ignore[union-attr]
+        assert sorted(code for code, _ in results) == [0, 3]
+        loser = next(text for code, text in results if code == 3)
+        assert "held by dev" in loser and "expires" in loser and "since" in loser
+    finally:
+        store.close()
+        kill_group(job)
