@@ -143,7 +143,6 @@ class CeleryAdapterConfig(AdapterBase):
     broker_url_env: str = "CELERY_BROKER_URL"
     queues: list[str] = Field(default_factory=lambda: ["celery"], min_length=1)
     workers: list[str] = Field(default_factory=list)  # node names; empty = all on the queues
-    acks_late: bool = False  # the broker redelivers terminated tasks: shipit must not re-send
     control_timeout: float = Field(default=2.0, gt=0)
 
 

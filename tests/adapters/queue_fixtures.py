@@ -177,7 +177,19 @@ class Workers:
         argv = [sys.executable, "-m", "celery", "-A", JOBS_MODULE, "worker", "-n", f"{name}@test",
                 "-P", pool, "-c", "1", "-Q", ",".join(queues), "--loglevel", "WARNING",
                 "--without-gossip", "--without-mingle", "--without-heartbeat"]
-        return self._spawn(argv, f"celery-{name}.log", env)
+        proc = self._spawn(argv, f"celery-{name}.log", env)
+        from celery import Celery
+
+        app = Celery("probe", broker=self.redis_url, set_as_current=False)
+        node = f"{name}@test"
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"celery worker {name} exited: {self.log(f'celery-{name}.log')}")
+            return bool(app.control.inspect(destination=[node], timeout=0.5, limit=1).ping())
+
+        wait_for(ready, 30, f"celery worker {node} to answer")
+        return proc
 
     def log(self, log_name: str) -> str:
         path = self.job_dir / log_name
