@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from shipit.gate.base import CHECKPOINTED
 from tests.harness.sshd import ssh_section
@@ -92,4 +93,24 @@ def test_killing_the_deploy_over_ssh_lets_the_lease_expire_then_reconcile(projec
             deploy.kill()
         kill_group(proc)
         kill_jobs(project)
+        store.close()
+
+
+def test_a_host_lost_before_the_drain_reopens_the_hosts_that_closed(tmp_path, sshd_hosts):
+    host = sshd_hosts(1)[0]
+    p = Project(tmp_path, store="sqlite", hosts=["local", host.name], ssh=ssh_section([host]))
+    assert host.proc is not None
+    # Between pre_deploy and drain_jobs the SSH host goes down (listener and open sessions).
+    cfg = yaml.safe_load((p.root / "shipit.yaml").read_text())
+    pid = host.proc.pid
+    cfg["hooks"] = {"before_drain_jobs": [{"local": f"pkill -9 -P {pid}; kill -9 {pid}"}]}
+    (p.root / "shipit.yaml").write_text(yaml.safe_dump(cfg))
+    res = p.shipit("deploy", "s")
+    assert res.returncode == 4, res.stdout + res.stderr
+    store = p.store()
+    try:
+        lease = store.gate()
+        assert lease.epoch >= 1  # the local host did close...
+        assert not lease.is_closed(time.time())  # ...and was reopened
+    finally:
         store.close()
