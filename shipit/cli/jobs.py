@@ -388,9 +388,23 @@ def _reconcile_central(st: Stage) -> None:
 @click.command("status")
 @STAGE
 @JSON
-def status(stage: str, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (in place on a terminal).")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              metavar="S", help="Seconds between refreshes with --watch.")
+@click.option("--count", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --watch: stop after N refreshes.")
+def status(stage: str, as_json: bool, watch: bool, interval: float, count: int | None) -> None:
     """The gate on each host, the jobs running / waiting / stopped, and the current release."""
-    _with_stage(stage, lambda st: _print_status(st, as_json))
+    if not watch:
+        _with_stage(stage, lambda st: _print_status(st, as_json))
+        return
+    from shipit.cli.common import stdout_is_tty
+    from shipit.cli.watch import watch as run_watch
+
+    _with_stage(stage, lambda st: run_watch(
+        st, interval=interval, count=count, as_json=as_json, tty=stdout_is_tty(),
+        gate_line=_gate_line, run_line=_run_line,
+    ))
 
 
 def _status_all(st: Stage) -> dict[str, Any]:
