@@ -213,13 +213,13 @@ def workers(job_dir: Path, queue_redis: str) -> Iterator[Workers]:
 
 
 def make_ctx(tmp_path: Path, *, deploy_id: str = "deploy-1", dry_run: bool = False,
-             lease_ttl: float = 30.0) -> tuple[DeployContext, Recorder]:
+             lease_ttl: float = 30.0, jobs: JobsConfig | None = None) -> tuple[DeployContext, Recorder]:
     """A DeployContext with no hosts: the queue adapters talk to the broker, not to hosts."""
     stage = StageConfig(
         name="test", application="app", source=SourceConfig(dir=str(tmp_path)),
         deploy_to=str(tmp_path / "app"), keep_releases=2, linked_files=(), linked_dirs=(),
         parallelism=1, hosts=(HostSpec(name="local", hostname="localhost", local=True),),
-        vars={}, hooks={}, ssh=SSHConfig(), jobs=JobsConfig(lease_ttl=lease_ttl),
+        vars={}, hooks={}, ssh=SSHConfig(), jobs=jobs or JobsConfig(lease_ttl=lease_ttl),
         shipit_command="shipit",
     )
     bus = EventBus()

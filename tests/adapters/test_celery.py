@@ -124,8 +124,8 @@ def test_dry_run_lists_tasks_and_changes_nothing(
     assert [i.id for i in items] == [task_id]
     assert adapter.stop(ctx, items, grace=0) == [] and adapter.requeue(ctx, items) == []
     adapter.resume(ctx)
-    # Still consuming: a second task runs while the first one is busy elsewhere? The worker
-    # has one process, so check the consumer instead.
+    # The worker still consumes the queue (its one process is busy, so ask it rather than
+    # send a second task).
     queues = Celery("c", broker=queue_redis, set_as_current=False).control.inspect(
         destination=["w1@test"], timeout=1, limit=1).active_queues()
     assert [q["name"] for q in queues["w1@test"]] == ["work"]
