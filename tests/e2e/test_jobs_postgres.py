@@ -101,3 +101,19 @@ def test_killed_deploy_then_reconcile_restarts_once(project):
         kill_group(proc)
         kill_jobs(project)
         store.close()
+
+
+def test_lock_and_status_against_the_central_store(project):
+    project.shipit("lock", "acquire", "s", "-m", "freeze", check=True)
+    status = project.shipit("status", "s")
+    assert status.returncode == 0 and "freeze" in status.stdout
+    assert project.current() in status.stdout  # current release read from the host
+    assert project.env["SHIPIT_DSN"] not in status.stdout + status.stderr
+    deploy = project.shipit("deploy", "s")
+    assert deploy.returncode == 3 and "freeze" in deploy.stdout + deploy.stderr
+    project.shipit("lock", "release", "s", check=True)
+    store = project.store()
+    try:
+        assert not store.gate().is_closed(time.time())
+    finally:
+        store.close()
