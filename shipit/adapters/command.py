@@ -6,8 +6,8 @@ Each command runs through `sh -c` with these environment variables set (values q
   SHIPIT_TTL    (pause) seconds a pause should last if the system can expire it: a deploy that is
                 killed outright then cannot leave work paused for good
   SHIPIT_GRACE  (stop) seconds between a graceful and a forced stop
-  SHIPIT_ITEMS  (stop, requeue) the item ids, space separated; the full items as a JSON list
-                arrive on stdin
+  SHIPIT_ITEMS  (stop, requeue) the item ids, space separated
+  SHIPIT_ITEMS_JSON  (stop, requeue) the full items as a JSON list
 `list` prints a JSON list of running items: strings (ids) or objects with `id` and optionally
 `name`, `started_at` (seconds since the epoch) and `detail`.
 """
@@ -102,7 +102,7 @@ class CommandAdapter(Adapter):
         return base | {k: str(v) for k, v in extra.items()}
 
     def _run(self, ctx: DeployContext, host: Host, op: str, env: Mapping[str, str], *,
-             stdin: str | None = None, mutating: bool = True) -> str | None:
+             mutating: bool = True) -> str | None:
         text = self.commands.get(op)
         if not text:
             return None
@@ -113,7 +113,7 @@ class CommandAdapter(Adapter):
             emit_command(ctx, host.name, "adapters", command)
         if ctx.dry_run and mutating:
             return None
-        res = host.run(command, check=False, timeout=self.timeout, stdin=stdin)
+        res = host.run(command, check=False, timeout=self.timeout)
         if not res.ok:
             raise CommandFailed(host.name, f"{self.name} {op} command", res.exit_code, res.stderr or res.stdout)
         return res.stdout
@@ -146,8 +146,10 @@ class CommandAdapter(Adapter):
             mine = [i for i in items if i.host == name]
             if not mine:
                 continue
-            env = self.env(ctx, host, SHIPIT_ITEMS=" ".join(i.id for i in mine), **extra)
-            self._run(ctx, host, op, env, stdin=json.dumps([i.to_dict() for i in mine]))
+            env = self.env(ctx, host, SHIPIT_ITEMS=" ".join(i.id for i in mine),
+                           SHIPIT_ITEMS_JSON=json.dumps([i.to_dict() for i in mine]), **extra)
+            # In the environment, not on stdin: Invoke feeds stdin a byte per 10 ms.
+            self._run(ctx, host, op, env)
             done.extend(mine)
         return done
 
