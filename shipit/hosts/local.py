@@ -18,10 +18,10 @@ from invoke.runners import Local
 from shipit.config.model import HostSpec
 from shipit.errors import CommandFailed, HostError, ShipitError
 from shipit.hosts.base import CommandResult, Host, LineCallback
-from shipit.hosts.streams import LineWriter, run_kwargs, timed_out_result
+from shipit.hosts.streams import LineWriter, WholeStdin, run_kwargs, timed_out_result
 
 
-class _GroupLocal(Local):
+class _GroupLocal(WholeStdin, Local):
     """Invoke's local runner with the command in its own process group.
 
     Invoke kills only the shell on a timeout, so `sleep 60` (a child of the shell) keeps the

@@ -17,12 +17,13 @@ from typing import Any
 
 import paramiko
 from fabric import Config, Connection
+from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut
 
 from shipit.config.model import HostSpec, SSHConfig
 from shipit.errors import CommandFailed, ConfigError, HostError, ShipitError
 from shipit.hosts.base import CommandResult, Host, LineCallback
-from shipit.hosts.streams import LineWriter, run_kwargs, timed_out_result
+from shipit.hosts.streams import LineWriter, WholeStdin, run_kwargs, timed_out_result
 
 USER_KNOWN_HOSTS = "~/.ssh/known_hosts"
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
@@ -49,6 +50,26 @@ class _AcceptForThisRun(paramiko.MissingHostKeyPolicy):
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
         client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+class _Remote(WholeStdin, Remote):
+    """Fabric's runner, tolerant of a command that exits without reading all its stdin.
+
+    Writing the rest then fails with "Socket is closed" inside Invoke's stdin thread, which
+    Invoke turns into a ThreadException and the result is lost; a local pipe in the same case
+    is ignored by Invoke (EPIPE), so do the same here.
+    """
+
+    def _write_proc_stdin(self, data: bytes) -> None:
+        try:
+            self.channel.sendall(data)
+        except OSError:
+            if not (self.channel.closed or self.channel.exit_status_ready()):
+                raise
+
+    def close_proc_stdin(self) -> None:
+        with contextlib.suppress(OSError):
+            super().close_proc_stdin()
 
 
 def _split_target(target: str) -> tuple[str | None, str, int | None]:
@@ -80,7 +101,10 @@ class SSHHost(Host):
 
     def _fabric_config(self) -> Config:
         path = self.ssh.config_file
-        return Config(runtime_ssh_path=os.path.expanduser(path) if path else None)
+        return Config(
+            overrides={"runners": {"remote": _Remote}},
+            runtime_ssh_path=os.path.expanduser(path) if path else None,
+        )
 
     def _known_hosts_files(self, conn: Connection) -> list[str]:
         files = [SYSTEM_KNOWN_HOSTS, USER_KNOWN_HOSTS]

@@ -64,6 +64,8 @@ def test_stdin_reaches_the_command_and_stays_off_the_command_line(any_host: Host
     result = any_host.run("cat", stdin=secret)
     assert result.stdout == secret
     assert secret not in result.command
+    big = "y" * (3 * 1024 * 1024 + 7)
+    assert any_host.run("wc -c", stdin=big).stdout.strip() == str(len(big))
 
 
 def test_command_without_stdin_does_not_read_our_terminal(any_host: Host) -> None:
@@ -329,3 +331,11 @@ def test_unknown_jump_host_key_names_the_jump_host(sshd_hosts, tmp_path: Path) -
     message = str(info.value)
     assert message.startswith(f"[{target.name}] host key for [127.0.0.1]:{gateway.port} not known")
     assert f"ssh-keyscan -p {gateway.port} 127.0.0.1" in message
+
+
+def test_command_that_ignores_its_stdin_still_gives_its_result(any_host: Host) -> None:
+    # More stdin than the SSH channel window: the command exits before it could all be sent.
+    big = "x" * (4 * 1024 * 1024)
+    for _ in range(3):
+        assert any_host.run("echo done", stdin=big).stdout == "done\n"
+    assert any_host.run("exit 3", stdin="ignored", check=False).exit_code == 3

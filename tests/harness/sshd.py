@@ -329,13 +329,12 @@ def write_shipit_yaml(
     return path
 
 
-@pytest.fixture(scope="session")
-def sshd_pool(tmp_path_factory: pytest.TempPathFactory) -> SSHDPool:
-    require(SSHD, "sshd")
+def new_pool(root: Path) -> SSHDPool:
+    """A client key, authorized_keys, an empty known_hosts and a clean HOME under root (for
+    benchmarks and scripts that start hosts without pytest; start_hosts(pool, n, root))."""
     # Privilege separation dir; sshd started by root refuses to run without it.
     with contextlib.suppress(PermissionError):
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    root = tmp_path_factory.mktemp("sshd")
     root.chmod(0o700)
     private, public = generate_ed25519()
     client_key = root / "id_ed25519"
@@ -348,6 +347,13 @@ def sshd_pool(tmp_path_factory: pytest.TempPathFactory) -> SSHDPool:
     home = root / "home"
     home.mkdir(mode=0o700)
     return SSHDPool(root, client_key, public, known_hosts, authorized, home)
+
+
+@pytest.fixture(scope="session")
+def sshd_pool(tmp_path_factory: pytest.TempPathFactory) -> SSHDPool:
+    require(SSHD, "sshd")
+    root = tmp_path_factory.mktemp("sshd")
+    return new_pool(root)
 
 
 @pytest.fixture(scope="session")
