@@ -107,7 +107,7 @@ class LocalHost(Host):
         except CommandTimedOut as exc:
             result = timed_out_result(self.name, command, exc, time.monotonic() - start)
         if writer:
-            writer.flush()
+            writer.finish()
         if self._closed and not result.ok:
             raise HostError(f"[{self.name}] closed while running: {command}")
         if check and not result.ok:

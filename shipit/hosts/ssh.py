@@ -260,7 +260,7 @@ class SSHHost(Host):
                     self._drop()
             raise HostError(f"[{self.name}] connection lost while running: {command}")
         if writer:
-            writer.flush()
+            writer.finish()
         if check and not result.ok:
             raise CommandFailed(self.name, command, result.exit_code, result.stdout + result.stderr)
         return result

@@ -18,7 +18,8 @@ class LineWriter(io.TextIOBase):
     """An out_stream for Invoke that hands every complete stdout line to a callback.
 
     Invoke writes whatever chunk it just read, so a line may arrive in pieces; the tail is
-    kept until its newline (or flush at the end of the command) arrives.
+    kept until its newline arrives, or until finish() at the end of the command. flush() does
+    nothing: Invoke calls it after every chunk, which would cut lines in two.
     """
 
     def __init__(self, on_line: LineCallback) -> None:
@@ -38,6 +39,9 @@ class LineWriter(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        pass
+
+    def finish(self) -> None:
         with self._lock:
             rest, self._buffer = self._buffer, ""
         if rest:

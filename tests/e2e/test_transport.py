@@ -95,14 +95,14 @@ def test_lines_stream_as_they_arrive(any_host: Host) -> None:
     try:
         result = any_host.run(
             f"echo first; i=0; while [ ! -e {marker} ] && [ $i -lt 200 ]; do sleep 0.05; "
-            f"i=$((i+1)); done; printf 'second\\nno newline'",
+            f"i=$((i+1)); done; printf 'second\\npar'; sleep 0.2; printf 'tial\\nno newline'",
             on_line=on_line,
         )
     finally:
         thread.join()
         marker.unlink(missing_ok=True)
-    assert seen == ["first", "second", "no newline"]
-    assert result.stdout == "first\nsecond\nno newline"
+    assert seen == ["first", "second", "partial", "no newline"]
+    assert result.stdout == "first\nsecond\npartial\nno newline"
 
 
 def test_timeout_stops_the_command(any_host: Host) -> None:
