@@ -124,7 +124,7 @@ def check_outcome(argv: list[str], code: int, stdout: str, stderr: str) -> None:
         assert stderr.strip() or stdout.strip(), (argv, "a usage error must say something")
 
 
-@fuzz(4000)
+@fuzz(4600)
 @given(argv_strategy)
 @example(["--config", "bad.yaml", "deploy", "s"])
 @example(["deploy", "l", "--dry-run", "--hosts", "$(touch pwned)"])

@@ -114,7 +114,7 @@ def claim_outcome(store: Store, runs_before: list[str], list_runs_ids: Any) -> N
 
 # -- file store --------------------------------------------------------------------------------
 
-@fuzz(500)
+@fuzz(350)
 @given(gate_bytes)
 @example(b"")
 @example(good_gate_bytes[:9])
@@ -163,7 +163,7 @@ def check_run_types(run: Run) -> None:
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in run.env.items()), run.env
 
 
-@fuzz(500)
+@fuzz(350)
 @given(run_docs)
 @example(("json", {"schema": 1, "run": {**GOOD_RUN, "attempt": "x"}}))
 @example(("json", {"schema": 1, "run": {**GOOD_RUN, "state": 5}}))
@@ -203,7 +203,7 @@ sql_value = st.one_of(
 GATE_COLS = ["state", "epoch", "holder", "reason", "deploy_id", "created_at", "expires_at"]
 
 
-@fuzz(500)
+@fuzz(350)
 @given(st.dictionaries(st.sampled_from(GATE_COLS), sql_value, min_size=1, max_size=4))
 @example({"epoch": "x", "expires_at": "garbage"})
 @example({"state": "closed", "expires_at": "9e999"})
@@ -234,7 +234,7 @@ def _sqlite_gate(scratch: Path, changes: dict[str, Any]) -> None:
 RUN_COLS = [k for k in GOOD_RUN if k not in ("id",)]
 
 
-@fuzz(500)
+@fuzz(350)
 @given(st.dictionaries(st.sampled_from(RUN_COLS), sql_value, min_size=1, max_size=4))
 @example({"command": "not json"})
 @example({"attempt": "x"})
