@@ -26,6 +26,9 @@ To build e2e deploy tests:
                                 source={"dir": str(project_dir)})
         # then: shipit -c cfg deploy test   (stage "test" holds all hosts)
 
+Outside pytest (benchmarks, scripts): `pool = new_pool(dir)` then `start_hosts(pool, n, dir)`;
+call `host.kill()` on each when done.
+
 Commands run over SSH get `HOME=<a clean temp dir>` (sshd_config SetEnv) so root's ~/.bashrc
 (pyenv init) is not sourced by every command; PATH is sshd's default, so the shipit command
 on hosts is `SHIPIT_COMMAND` (this interpreter, `-m shipit`).
