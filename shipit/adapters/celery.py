@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from shipit.adapters.base import Adapter, WorkItem
 from shipit.adapters.registry import register
-from shipit.adapters.rq import redact_url
-from shipit.errors import ConfigError, StoreUnavailable
+from shipit.adapters.rq import redact_url, refuse_switch
+from shipit.errors import ConfigError, DeployFailed, StoreUnavailable
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -148,11 +148,14 @@ class CeleryAdapter(Adapter):
         return self.app().control.inspect(destination=dest, timeout=self.control_timeout,
                                           limit=len(dest) if dest else None)
 
-    def _consuming_workers(self) -> list[str]:
-        """Workers consuming one of our queues (the configured ones, if any)."""
+    def _consuming_workers(self) -> tuple[list[str], set[str]]:
+        """Workers consuming one of our queues (among the configured ones, if any), and every
+        worker that answered."""
         replies = self._inspect(self.workers or None).active_queues() or {}
         wanted = set(self.queues)
-        return sorted(w for w, qs in replies.items() if wanted & {q.get("name") for q in qs or []})
+        consuming = sorted(w for w, qs in replies.items()
+                           if wanted & {q.get("name") for q in qs or []})
+        return consuming, set(replies)
 
     def _paused_key(self) -> str:
         return f"{PAUSED_PREFIX}{self.name}"
@@ -166,7 +169,16 @@ class CeleryAdapter(Adapter):
         if ctx.dry_run:
             self._log(ctx, f"would stop consumers of {', '.join(self.queues)}")
             return
-        workers = self._consuming_workers()
+        workers, answered = self._consuming_workers()
+        silent = sorted(set(self.workers) - answered)
+        if silent:
+            # A configured worker that does not answer may be a solo-pool worker busy with a
+            # task (it reads control messages only between tasks): its work cannot be listed,
+            # so the drain would be incomplete.
+            raise DeployFailed(
+                f"adapter {self.name}: worker(s) {', '.join(silent)} did not answer within "
+                f"{self.control_timeout:g}s (down, or a solo-pool worker busy with a task)"
+            )
         if not workers:
             self._log(ctx, f"no worker consumes {', '.join(self.queues)}", level="warning")
             return
@@ -238,10 +250,11 @@ class CeleryAdapter(Adapter):
             control.revoke(item.id, destination=worker, terminate=True, signal="SIGKILL")
         still = self._wait_gone(ctx, still, max(self.control_timeout, 5.0))
         left = {i.id for i in still}
-        for item in still:
-            self._log(ctx, f"task {item.id} did not confirm its stop; not requeued",
-                      level="warning", task=item.id)
-        return [i for i in items if i.id not in left]
+        confirmed = [i for i in items if i.id not in left]
+        if still:
+            # e.g. a solo-pool worker: it reads the revoke only once the task has ended.
+            refuse_switch(self, ctx, confirmed, still, "celery worker")
+        return confirmed
 
     def _wait_gone(self, ctx: DeployContext, items: Sequence[WorkItem], timeout: float) -> list[WorkItem]:
         ids = {i.id for i in items}

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from shipit.adapters.base import Adapter, WorkItem
 from shipit.adapters.registry import register
-from shipit.errors import ConfigError, StoreUnavailable
+from shipit.errors import ConfigError, DeployFailed, StoreUnavailable
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -315,10 +315,10 @@ class RQAdapter(Adapter):
                     del waiting[job_id]
             if waiting:
                 time.sleep(POLL)
-        for item in waiting.values():
-            self._log(ctx, f"job {item.id} did not confirm its stop; not requeued",
-                      level="warning", job=item.id)
-        return [i for i in asked if i.id in stopped]
+        confirmed = [i for i in asked if i.id in stopped]
+        if waiting:
+            refuse_switch(self, ctx, confirmed, list(waiting.values()), "rq worker")
+        return confirmed
 
     @staticmethod
     def _status(conn: Redis, job_id: str) -> str | None:
@@ -359,6 +359,20 @@ class RQAdapter(Adapter):
             job.save_meta()
             done.append(item)
         return done
+
+
+def refuse_switch(adapter: Adapter, ctx: DeployContext, confirmed: Sequence[WorkItem],
+                  stuck: Sequence[WorkItem], what: str) -> None:
+    """Some work ignored its stop: the release must not switch under it. The phase only
+    remembers what stop() returns, and stop() is about to raise, so requeue the work that did
+    stop now (the claims keep it to once; it waits for the resume of the failure path)."""
+    if confirmed:
+        adapter.requeue(ctx, confirmed)
+    ids = ", ".join(f"{i.name} ({i.id})" for i in stuck)
+    raise DeployFailed(
+        f"adapter {adapter.name}: the {what} did not confirm the stop of {ids}; "
+        "not switching under running work"
+    )
 
 
 def _factory(cfg: Any, stage: Any) -> RQAdapter:

@@ -11,8 +11,9 @@ import pytest
 import redis
 from celery import Celery
 
+from shipit.adapters.base import WorkItem
 from shipit.adapters.celery import PAUSED_PREFIX, CeleryAdapter, copy_id
-from shipit.errors import ConfigError
+from shipit.errors import ConfigError, DeployFailed
 from tests.adapters import queue_fixtures as qf
 from tests.adapters.queue_fixtures import Markers, Workers, make_ctx, wait_for
 
@@ -139,3 +140,54 @@ def test_a_non_redis_broker_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="only Redis brokers") as err:
         adapter.pause(ctx)
     assert "secret" not in str(err.value)
+
+
+def test_a_busy_solo_worker_cannot_be_drained_so_the_deploy_fails_before_any_change(
+    queue_redis: str, workers: Workers, markers: Markers, tmp_path: Path
+) -> None:
+    # A solo-pool worker runs the task in its only thread: it answers no control message
+    # until the task ends, so its work can be neither listed nor stopped.
+    workers.celery("w1", ["work"])
+    send(queue_redis, "long", str(markers.root), "solo", 60)
+    wait_for(lambda: markers.starts("solo") == 1, 15, "the task to start")
+    ctx, _ = make_ctx(tmp_path)
+    adapter = CeleryAdapter("celery", broker_url=queue_redis, queues=["work"],
+                            workers=["w1@test"], control_timeout=0.5)
+    with pytest.raises(DeployFailed, match=r"w1@test did not answer within 0.5s"):
+        adapter.pause(ctx)
+    conn = redis.Redis.from_url(queue_redis)
+    assert conn.exists(f"{PAUSED_PREFIX}celery") == 0
+    adapter.resume(ctx)
+    markers.release("solo")
+    wait_for(lambda: markers.done("solo"), 15, "the task to finish untouched")
+    assert markers.starts("solo") == 1
+
+
+def test_a_task_that_ignores_its_stop_fails_the_deploy_and_stopped_ones_are_still_requeued(
+    queue_redis: str, workers: Workers, markers: Markers, tmp_path: Path
+) -> None:
+    workers.celery("w1", ["work"], pool="prefork")
+    task_id = send(queue_redis, "long", str(markers.root), "stops", 60)
+    wait_for(lambda: markers.starts("stops") == 1, 15, "the task to start")
+    ctx, _ = make_ctx(tmp_path)
+    adapter = adapter_for(queue_redis)
+    adapter.pause(ctx)
+    items = adapter.running(ctx)
+    # A second item on a worker that does not exist: nobody will ever confirm its stop.
+    ghost = WorkItem(id="ghost", adapter="celery", name="long", host="*",
+                     detail={"worker": "nobody@test", "queue": "work", "state": "active"})
+    real_running = adapter.running
+
+    def running(ctx_: object) -> list[WorkItem]:
+        return [*real_running(ctx_), ghost]  # type: ignore[arg-type]
+
+    adapter.running = running  # type: ignore[method-assign]
+    with pytest.raises(DeployFailed, match=r"did not confirm the stop of long \(ghost\)"):
+        adapter.stop(ctx, [*items, ghost], grace=0.2)
+    adapter.running = real_running  # type: ignore[method-assign]
+    assert adapter.requeue(ctx, items) == []  # already requeued by stop, once
+    adapter.resume(ctx)
+    wait_for(lambda: markers.starts("stops") == 2, 15, "the stopped task to run again")
+    markers.release("stops")
+    wait_for(lambda: markers.done("stops"), 15, "it to finish")
+    assert markers.starts("stops") == 2 and task_id == items[0].id
