@@ -47,10 +47,10 @@ def parse_items(adapter: str, host: str, stdout: str) -> list[WorkItem]:
         data = json.loads(text)
     except ValueError:
         raise DeployFailed(
-            f"adapter {adapter} [{host}]: the list command printed no JSON list: {text[:80]!r}"
+            f"adapter {adapter}: the list command printed no JSON list: {text[:80]!r}"
         ) from None
     if not isinstance(data, list):
-        raise DeployFailed(f"adapter {adapter} [{host}]: the list command must print a JSON list")
+        raise DeployFailed(f"adapter {adapter}: the list command must print a JSON list")
     items = []
     for entry in data:
         if isinstance(entry, (str, int)) and not isinstance(entry, bool):
@@ -66,7 +66,7 @@ def parse_items(adapter: str, host: str, stdout: str) -> list[WorkItem]:
             ))
         else:
             raise DeployFailed(
-                f"adapter {adapter} [{host}]: list entries must be ids or objects with an id, got {entry!r:.60}"
+                f"adapter {adapter}: list entries must be ids or objects with an id, got {entry!r:.60}"
             )
     return items
 

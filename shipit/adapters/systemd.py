@@ -122,7 +122,7 @@ class SystemdAdapter(Adapter):
         except ValueError as exc:
             from shipit.errors import DeployFailed
 
-            raise DeployFailed(f"adapter {self.name} [{host.name}]: {exc}") from None
+            raise DeployFailed(f"adapter {self.name}: {exc}") from None
 
     def _running(self, ctx: DeployContext, *, announce: bool) -> list[WorkItem]:
         from shipit.hosts.fanout import run_parallel

@@ -1,0 +1,189 @@
+"""command: exact command text, the `list` contract, and whole deploys against a toy job system
+made of shell scripts and real processes (pause file with a TTL, pid files, SIGTERM stops)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from shipit.adapters.command import build_command, parse_items
+from shipit.errors import DeployFailed
+from tests.adapters.conftest import adapter_events
+
+# One unit of work: registers its pid, works SECONDS (or until just after the pause: `drain`),
+# unregisters; on TERM it unregisters and exits.
+WORK = """cd "$1" || exit 1
+echo $$ > "running/$2"
+trap 'rm -f "running/$2"; echo "$2 stopped" >> events.log; exit 143' TERM
+if [ "$3" = drain ]; then  # finishes a moment after the deploy paused the system
+  while [ ! -e paused ]; do sleep 0.02; done
+  sleep 0.2 & wait $!
+else
+  sleep "$3" & wait $!
+fi
+rm -f "running/$2"
+echo "$2 done" >> events.log
+"""
+# `$${` because shipit.yaml reads `${NAME}` as its own interpolation.
+LIST = """printf '['; sep=''
+for f in running/*; do
+  [ -e "$f" ] || continue
+  id=$${f#running/}
+  printf '%s{"id": "%s", "name": "job %s"}' "$sep" "$id" "$id"; sep=','
+done
+printf ']'"""
+
+
+def _pool(tmp_path: Path) -> Path:
+    pool = tmp_path / "pool"
+    (pool / "running").mkdir(parents=True)
+    (pool / "work.sh").write_text(WORK)
+    return pool
+
+
+def _adapter(pool: Path, **over: str) -> dict[str, object]:
+    cd = f"cd {pool} && "
+    cfg: dict[str, object] = {
+        "type": "command",
+        "name": "toy",
+        "pause": cd + 'echo "$SHIPIT_TTL" > paused && echo "pause $SHIPIT_DEPLOY_ID" >> events.log',
+        "list": cd + LIST,
+        "stop": cd + 'for id in $SHIPIT_ITEMS; do kill -TERM "$(cat "running/$id")"; done',
+        "resume": cd + "rm -f paused && echo resume >> events.log",
+        "requeue": cd + 'printf "%s\\n" "$SHIPIT_ITEMS_JSON" >> requeued.json && for id in $SHIPIT_ITEMS; do '
+        'setsid sh work.sh "$PWD" "$id" 30 </dev/null >/dev/null 2>&1 & done',
+    }
+    cfg.update(over)
+    return cfg
+
+
+def _wait_for(path: Path) -> None:
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.01)
+
+
+def _start(pool: Path, item: str, seconds: float | str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(["sh", str(pool / "work.sh"), str(pool), item, str(seconds)], start_new_session=True)
+    _wait_for(pool / "running" / item)
+    return proc
+
+
+def _cleanup(pool: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    for f in (pool / "running").glob("*"):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(f.read_text()), signal.SIGKILL)
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def _events(pool: Path) -> list[str]:
+    return (pool / "events.log").read_text().splitlines()
+
+
+def test_build_command_quotes_our_values_and_keeps_the_users_text():
+    assert build_command("sidekiqctl quiet $PIDFILE", {"SHIPIT_TTL": "60", "SHIPIT_HOST": "deploy@web 1"}) == (
+        "SHIPIT_TTL=60 SHIPIT_HOST='deploy@web 1' sh -c 'sidekiqctl quiet $PIDFILE'"
+    )
+
+
+def test_parse_items_reads_ids_and_objects_and_refuses_anything_else():
+    items = parse_items("toy", "web1", '["a", 7, {"id": "b", "name": "B", "started_at": 12, "detail": {"q": 1}}]')
+    assert [(i.id, i.name, i.host, i.started_at, i.detail) for i in items] == [
+        ("a", "a", "web1", None, {}), ("7", "7", "web1", None, {}), ("b", "B", "web1", 12.0, {"q": 1}),
+    ]
+    assert parse_items("toy", "web1", "\n") == []
+    for bad in ("not json", '{"id": 1}', '[{"name": "no id"}]', "[true]"):
+        with pytest.raises(DeployFailed, match=r"^adapter toy: "):
+            parse_items("toy", "web1", bad)
+
+
+def test_deploy_pauses_waits_stops_and_requeues_exactly_once(project_factory, tmp_path):
+    pool = _pool(tmp_path)
+    procs = [_start(pool, "quick", "drain"), _start(pool, "long", 30)]
+    try:
+        p = project_factory(jobs={"adapters": [_adapter(pool)], "drain_timeout": 2})
+        result, rec = p.deploy()
+        assert result.outcome == "success", result.error
+        assert [e["item"]["id"] for e in adapter_events(rec, "job.finished")] == ["quick"]
+        assert [e["item"]["id"] for e in adapter_events(rec, "job.stopped")] == ["long"]
+        assert [e["item"]["id"] for e in adapter_events(rec, "job.restarted")] == ["long"]
+        events = _events(pool)
+        assert events[0] == f"pause {result.deploy_id}"
+        assert events[1:] == ["quick done", "long stopped", "resume"]
+        _wait_for(pool / "running" / "long")  # requeued: running again
+        requeued = [json.loads(line) for line in (pool / "requeued.json").read_text().splitlines()]
+        assert [[i["id"] for i in batch] for batch in requeued] == [["long"]]
+        assert requeued[0][0]["name"] == "job long"
+        assert not (pool / "paused").exists()
+    finally:
+        _cleanup(pool, procs)
+
+
+def test_pause_gets_the_lease_ttl_so_the_system_can_expire_it(project_factory, tmp_path):
+    pool = _pool(tmp_path)
+    p = project_factory(jobs={"adapters": [_adapter(pool, resume=f"cd {pool} && echo resume >> events.log")],
+                              "lease_ttl": 42})
+    result, _ = p.deploy()
+    assert result.outcome == "success", result.error
+    assert (pool / "paused").read_text() == "42\n"
+
+
+def test_a_failed_deploy_resumes_and_requeues_what_it_stopped(project_factory, tmp_path):
+    pool = _pool(tmp_path)
+    procs = [_start(pool, "long", 30)]
+    try:
+        p = project_factory(jobs={"adapters": [_adapter(pool)]},
+                            hooks={"before_release": [{"local": "exit 3"}]})
+        result, rec = p.deploy()
+        assert result.outcome == "failed"
+        assert not (pool / "paused").exists()
+        assert _events(pool)[1:] == ["long stopped", "resume"]
+        assert len((pool / "requeued.json").read_text().splitlines()) == 1
+        _wait_for(pool / "running" / "long")
+        assert [e["item"]["id"] for e in adapter_events(rec, "job.restarted")] == ["long"]
+    finally:
+        _cleanup(pool, procs)
+
+
+def test_a_list_command_printing_garbage_fails_the_deploy_in_one_line_and_resumes(project_factory, tmp_path):
+    pool = _pool(tmp_path)
+    p = project_factory(jobs={"adapters": [_adapter(pool, list="echo 'Sidekiq 7.2 busy: 3'")]})
+    result, _ = p.deploy()
+    assert result.outcome == "failed"
+    assert (result.error or "").startswith("1 host failed: [local] adapter toy: the list command printed no JSON list")
+    assert "\n" not in (result.error or "")
+    assert not (pool / "paused").exists()
+    assert _events(pool)[-1] == "resume"
+
+
+def test_a_failing_pause_still_gets_its_resume(project_factory, tmp_path):
+    pool = _pool(tmp_path)
+    p = project_factory(jobs={"adapters": [_adapter(pool, pause=f"cd {pool} && touch paused && exit 9")]})
+    result, _ = p.deploy()
+    assert result.outcome == "failed" and "exit code 9" in (result.error or "")
+    assert not (pool / "paused").exists()
+
+
+def test_run_on_local_runs_once_on_this_machine_and_dry_run_changes_nothing(project_factory, tmp_path):
+    pool = _pool(tmp_path)
+    procs = [_start(pool, "long", 30)]
+    try:
+        p = project_factory(jobs={"adapters": [_adapter(pool, run_on="local")]})
+        result, rec = p.deploy(dry_run=True)
+        assert result.exit_code == 0, result.error
+        assert not (pool / "paused").exists() and not (pool / "events.log").exists()
+        assert [e["item"]["id"] for e in adapter_events(rec, "job.running")] == ["long"]
+        shown = [e.data["command"] for e in rec.of("host.command") if e.phase == "adapters"]
+        assert any(c.startswith("SHIPIT_ADAPTER=toy ") and "SHIPIT_TTL=10 " in c for c in shown)
+    finally:
+        _cleanup(pool, procs)
