@@ -26,6 +26,7 @@ JOB = (
     "import json, os, signal, subprocess, sys, time\n"
     "stop = []\n"
     "signal.signal(signal.SIGTERM, lambda *a: stop.append(1))\n"
+    "open(sys.argv[1], 'w').close()\n"
     "while not stop: time.sleep(0.02)\n"
     f"subprocess.run({SHIPIT!r} + ['job', 'checkpoint', json.dumps({{'next': 5}})], check=True)\n"
 )
@@ -62,11 +63,13 @@ def test_jobs_and_deploys_work_with_the_least_privilege_role(pg_dsn: str, tmp_pa
     env = {"SHIPIT_DSN": app_dsn}
     script = tmp_path / "job.py"
     script.write_text(JOB)
-    proc = start_job("postgres", "etl", [sys.executable, str(script)], env=env, grace=10)
+    ready = tmp_path / "ready"
+    proc = start_job("postgres", "etl", [sys.executable, str(script), str(ready)], env=env, grace=10)
     store = PostgresStore(app_dsn, heartbeat_stale=5.0)
     os.environ["SHIPIT_DSN"] = app_dsn  # for the supervisor the restart spawns
     try:
         run = running_run(store, "etl")
+        wait_for(ready.exists, what="the job to handle SIGTERM")  # a stop before that kills it
         result = drain(store, holder="ci", deploy_id="d1", reason="deploy", ttl=30, timeout=0.2,
                        policy="terminate", grace=10, emit=lambda *a, **k: None)
         assert [r.id for r in result.recorded] == [run.id]
