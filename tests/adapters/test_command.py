@@ -6,16 +6,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from shipit import runner
 from shipit.adapters.command import build_command, parse_items
+from shipit.config.loader import load_config
 from shipit.errors import DeployFailed
+from shipit.events import EventBus, Recorder
 from tests.adapters.conftest import adapter_events
+from tests.harness.sshd import SHIPIT_COMMAND
 
 # One unit of work: registers its pid, works SECONDS (or until just after the pause: `drain`),
 # unregisters; on TERM it unregisters and exits.
@@ -187,3 +193,39 @@ def test_run_on_local_runs_once_on_this_machine_and_dry_run_changes_nothing(proj
         assert any(c.startswith("SHIPIT_ADAPTER=toy ") and "SHIPIT_TTL=10 " in c for c in shown)
     finally:
         _cleanup(pool, procs)
+
+
+def test_the_worked_example_deploys_with_its_toy_queue(tmp_path, monkeypatch):
+    """examples/adapters/command as shipped: its scripts hold, stop and requeue real work."""
+    example = Path(__file__).parents[2] / "examples" / "adapters" / "command"
+    root = tmp_path / "example"
+    shutil.copytree(example, root)
+    cfg = yaml.safe_load((root / "shipit.yaml").read_text())
+    cfg["deploy_to"] = str(tmp_path / "deploy")
+    cfg["shipit_command"] = SHIPIT_COMMAND
+    cfg["jobs"].update(drain_timeout=0.5, grace=1)
+    (root / "shipit.yaml").write_text(yaml.safe_dump(cfg))
+    toyq = tmp_path / "toyq"
+    (toyq / "running").mkdir(parents=True)
+    monkeypatch.setenv("TOYQ", str(toyq))
+    monkeypatch.setenv("TOYQ_BIN", str(root / "toyq"))
+    work = subprocess.Popen(["sh", str(root / "toyq" / "work.sh"), "nightly", "600"], start_new_session=True)
+    try:
+        _wait_for(toyq / "running" / "nightly")
+        bus, rec = EventBus(), Recorder()
+        bus.subscribe(rec)
+        result = runner.deploy(load_config(root / "shipit.yaml").stage("local"), runner.DeployOptions(actor="t"), bus)
+        assert result.outcome == "success", result.error
+        assert _events(toyq) == [f"pause {result.deploy_id}", "nightly stopped", "resume", "requeue nightly"]
+        _wait_for(toyq / "running" / "nightly")
+        assert int((toyq / "running" / "nightly").read_text()) != work.pid
+    finally:
+        _cleanup(toyq, [work])
+
+
+def test_two_adapters_with_one_name_is_a_config_error(project_factory, tmp_path):
+    pool = _pool(tmp_path)
+    p = project_factory(jobs={"adapters": [_adapter(pool), _adapter(pool)]})
+    res = p.cli("config", "s")
+    assert res.returncode == 2
+    assert "jobs.adapters[1].name: adapter name 'toy' is used twice" in res.stderr

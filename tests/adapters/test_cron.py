@@ -169,3 +169,17 @@ def test_an_unreachable_host_is_one_line_and_exit_4(project_factory, sshd_hosts)
     assert "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("shipit: error: cron show: 1 of 1 hosts failed")
 
+
+
+def test_the_worked_example_puts_invoices_on_the_worker_only():
+    from shipit.config.loader import load_config
+
+    example = Path(__file__).parents[2] / "examples" / "adapters" / "cron" / "shipit.yaml"
+    stage = load_config(example).stage("prod")
+    web, worker = stage.hosts
+    names = [[line.split(" --name ")[1].split()[0] for line in block_lines(stage, h, "sqlite:/x")[2:-1]]
+             for h in (web, worker)]
+    assert names == [["report"], ["report", "invoices"]]
+    invoices = block_lines(stage, worker, "sqlite:/x")[3]
+    assert invoices.startswith("0 2 * * * cd /srv/shop/current && /srv/shop/venv/bin/shipit job run")
+    assert "+\\%Y-\\%m" in invoices

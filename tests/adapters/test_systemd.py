@@ -127,3 +127,16 @@ def test_dry_run_lists_running_units_and_changes_nothing(project_factory, fake_s
     shown = [e.data["command"] for e in rec.of("host.command") if "systemctl" in e.data["command"]]
     assert "systemctl --user stop report.timer" in shown
     assert [e["item"]["id"] for e in adapter_events(rec, "job.running")] == ["worker.service"]
+
+
+def test_the_worked_example_pauses_with_sudo_and_the_named_units():
+    from shipit.adapters.registry import build_adapters
+    from shipit.config.loader import load_config
+
+    example = Path(__file__).parents[2] / "examples" / "adapters" / "systemd" / "shipit.yaml"
+    (adapter,) = build_adapters(load_config(example).stage("prod"))
+    assert pause_commands(adapter.binary, adapter.user, adapter.timers, adapter.units) == [
+        "sudo -n systemctl stop shop-report.timer",
+        "sudo -n systemctl stop --no-block shop-worker.service",
+    ]
+    assert adapter.kinds == {"shop-report.service": "timer", "shop-worker.service": "unit"}

@@ -1,0 +1,2 @@
+#!/bin/sh
+cd "$TOYQ" && rm -f paused && echo resume >> events.log
