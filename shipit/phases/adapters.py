@@ -73,8 +73,8 @@ def drain_adapters(ctx: DeployContext) -> None:
         items = adapter.running(ctx)
         found[adapter.name] = items
         for item in items:
-            ctx.bus.emit("job.running", host=_host(item), phase=DRAIN, adapter=adapter.name,
-                         item=item.to_dict(), message=f"{adapter.name}: {item.name} is running")
+            ctx.bus.emit("job.running", host=_host(item), phase=DRAIN, **_facts(adapter, item),
+                         message=f"{adapter.name}: {item.name} is running")
     if ctx.dry_run:
         return
     for adapter in st.adapters:
@@ -99,8 +99,8 @@ def drain_adapters(ctx: DeployContext) -> None:
         stopped = adapter.stop(ctx, still, grace=grace)
         st.stopped.extend(stopped)
         for item in stopped:
-            ctx.bus.emit("job.stopped", host=_host(item), phase=DRAIN, adapter=adapter.name,
-                         item=item.to_dict(), message=f"{adapter.name}: stopped {item.name}")
+            ctx.bus.emit("job.stopped", host=_host(item), phase=DRAIN, **_facts(adapter, item),
+                         message=f"{adapter.name}: stopped {item.name}")
         # The release must not switch under work that ignored its stop.
         left = adapter.wait(ctx, stopped, grace + STOP_MARGIN) if stopped else []
         if left:
@@ -114,8 +114,14 @@ def _report_finished(ctx: DeployContext, adapter: Adapter, items: list[WorkItem]
     left = {_key(i) for i in still}
     for item in items:
         if _key(item) not in left:
-            ctx.bus.emit("job.finished", host=_host(item), phase=DRAIN, adapter=adapter.name,
-                         item=item.to_dict(), message=f"{adapter.name}: {item.name} finished")
+            ctx.bus.emit("job.finished", host=_host(item), phase=DRAIN, **_facts(adapter, item),
+                         message=f"{adapter.name}: {item.name} finished")
+
+
+def _facts(adapter: Adapter, item: WorkItem) -> dict[str, object]:
+    """Event data for one item: `job` / `run_id` as the renderers and notifications read them
+    for `shipit job run` runs, plus the adapter and the whole item."""
+    return {"adapter": adapter.name, "job": item.name, "run_id": item.id, "item": item.to_dict()}
 
 
 def _host(item: WorkItem) -> str | None:
@@ -146,8 +152,8 @@ def _resume_and_requeue(ctx: DeployContext, st: AdapterState, phase: str) -> lis
             problems.append(mask(ctx, f"adapter {adapter.name}: requeue failed: {exc}"))
             continue
         for item in done:
-            ctx.bus.emit("job.restarted", host=_host(item), phase=phase, adapter=adapter.name,
-                         item=item.to_dict(), message=f"{adapter.name}: requeued {item.name}")
+            ctx.bus.emit("job.restarted", host=_host(item), phase=phase, **_facts(adapter, item),
+                         message=f"{adapter.name}: requeued {item.name}")
     return problems
 
 
