@@ -229,3 +229,37 @@ def test_two_adapters_with_one_name_is_a_config_error(project_factory, tmp_path)
     res = p.cli("config", "s")
     assert res.returncode == 2
     assert "jobs.adapters[1].name: adapter name 'toy' is used twice" in res.stderr
+
+
+def test_one_adapters_failing_resume_does_not_keep_another_paused(project_factory, tmp_path):
+    a, b = _pool(tmp_path / "a"), _pool(tmp_path / "b")
+    p = project_factory(jobs={"adapters": [
+        _adapter(a, name="a", resume=f"cd {a} && echo resume >> events.log && exit 5"),
+        _adapter(b, name="b", pause=f"cd {b} && touch paused && exit 9"),
+    ]})
+    result, rec = p.deploy()
+    assert result.outcome == "failed"
+    assert "exit code 9" in (result.error or "") and "adapter a: resume failed" in (result.error or "")
+    assert _events(a)[-1] == "resume" and not (b / "paused").exists()
+    assert sorted(e["adapter"] for e in adapter_events(rec, "adapter.resumed")) == ["b"]
+
+
+def test_sigterm_to_a_deploy_waiting_on_an_adapter_resumes_it(project_factory, tmp_path):
+    pool = _pool(tmp_path)
+    procs = [_start(pool, "long", 60)]
+    try:
+        p = project_factory(jobs={"adapters": [_adapter(pool)], "drain_timeout": 60})
+        deploy = subprocess.Popen(
+            [*SHIPIT_COMMAND.split(), "--config", str(p.config), "deploy", "s"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        _wait_for(pool / "paused")
+        deploy.send_signal(signal.SIGTERM)
+        _, err = deploy.communicate(timeout=60)
+        assert deploy.returncode == 130, err
+        assert not (pool / "paused").exists()
+        # Nothing was stopped, so nothing is requeued: the work just carries on.
+        assert _events(pool)[1:] == ["resume"]
+        assert int((pool / "running" / "long").read_text()) == procs[0].pid
+    finally:
+        _cleanup(pool, procs)
