@@ -156,7 +156,11 @@ class FileStore(Store):
         try:
             doc = json.loads(raw)
             c.check_schema(int(doc.get("schema", 1)), path)
-            return c.run_from_dict(c.unseal_run_dict(doc["run"], path))
+            run = c.run_from_dict(c.unseal_run_dict(doc["run"], path))
+            # A copied or hand-edited file naming another run would be acted on under that id.
+            if run.id != os.path.basename(path)[: -len(".json")]:
+                raise ValueError(f"id {run.id!r} does not match the file name")
+            return run
         except CorruptState:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as e:
