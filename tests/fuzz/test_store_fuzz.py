@@ -10,7 +10,6 @@ must only happen when the gate really reads open, and a refused claim leaves no 
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 import tempfile
 import time
@@ -83,11 +82,9 @@ def one_line(exc: BaseException) -> None:
 
 
 def lease_counts_closed(lease: Lease) -> bool:
-    """What a careful reader must conclude: closed unless the expiry has plainly passed."""
-    if lease.state != "closed":
-        return False
-    return not (isinstance(lease.expires_at, float) and math.isfinite(lease.expires_at)
-                and lease.expires_at <= time.time())
+    """What a careful reader must conclude: closed unless the expiry has plainly passed (-inf
+    has: an expired lease counts as open; NaN has not, it compares false with everything)."""
+    return lease.state == "closed" and not (lease.expires_at <= time.time())
 
 
 def claim_outcome(store: Store, runs_before: list[str], list_runs_ids: Any) -> None:
