@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -75,11 +76,14 @@ class CommandAdapter(Adapter):
     type = "command"
 
     def __init__(self, name: str, *, commands: Mapping[str, str | None], run_on: str = "hosts",
-                 timeout: float = 60.0, **options: Any) -> None:
+                 timeout: float = 60.0, repeat_pause: bool = False, **options: Any) -> None:
         super().__init__(name, **options)
         self.commands = dict(commands)
         self.run_on = run_on
         self.timeout = timeout
+        self.repeat_pause = repeat_pause
+        self._stop_repeat = threading.Event()
+        self._repeater: threading.Thread | None = None
         self._local: Host | None = None
         self._polling = False
 
@@ -129,6 +133,39 @@ class CommandAdapter(Adapter):
     def pause(self, ctx: DeployContext) -> None:
         ttl = int(max(ctx.stage.jobs.lease_ttl, 1))
         self._each(ctx, lambda h: self._run(ctx, h, "pause", self.env(ctx, h, SHIPIT_TTL=ttl)))
+        if self.repeat_pause and not ctx.dry_run and self.commands.get("pause"):
+            self._start_repeat(ctx, ttl)
+
+    def _start_repeat(self, ctx: DeployContext, ttl: int) -> None:
+        """Keep an expiring pause alive like the gate's lease: re-run it every ttl/3 while this
+        deploy lives. A killed deploy stops repeating and the pause expires on its own."""
+        self._halt_repeat()
+        stop = self._stop_repeat = threading.Event()
+
+        def again(host: Host) -> None:
+            command = build_command(self.commands["pause"] or "", self.env(ctx, host, SHIPIT_TTL=ttl))
+            res = host.run(command, check=False, timeout=self.timeout)
+            if not res.ok:
+                ctx.bus.emit("log", host=host.name, phase="adapters", level="warning",
+                             message=f"adapter {self.name}: repeating pause failed (exit code {res.exit_code})")
+
+        def loop() -> None:
+            while not stop.wait(max(ttl / 3, 0.2)):
+                for host in self.targets(ctx):
+                    try:
+                        again(host)
+                    except Exception as exc:  # noqa: BLE001 - the TTL still bounds the pause
+                        ctx.bus.emit("log", host=host.name, phase="adapters", level="warning",
+                                     message=f"adapter {self.name}: repeating pause failed: {exc}")
+
+        self._repeater = threading.Thread(target=loop, name=f"pause-{self.name}", daemon=True)
+        self._repeater.start()
+
+    def _halt_repeat(self) -> None:
+        self._stop_repeat.set()
+        if self._repeater is not None:
+            self._repeater.join(timeout=self.timeout + 5)
+            self._repeater = None
 
     def running(self, ctx: DeployContext) -> list[WorkItem]:
         def one(h: Host) -> list[WorkItem]:
@@ -168,6 +205,8 @@ class CommandAdapter(Adapter):
         return self._with_items(ctx, "stop", items, SHIPIT_GRACE=f"{grace:g}")
 
     def resume(self, ctx: DeployContext) -> None:
+        # Stop repeating first: a pause re-run after the resume would pause the system again.
+        self._halt_repeat()
         self._each(ctx, lambda h: self._run(ctx, h, "resume", self.env(ctx, h)))
 
     def requeue(self, ctx: DeployContext, items: Sequence[WorkItem]) -> list[WorkItem]:
@@ -177,7 +216,7 @@ class CommandAdapter(Adapter):
 def _factory(cfg: Any, stage: StageConfig) -> Adapter:
     commands = {op: getattr(cfg, op) for op in ("pause", "list", "stop", "resume", "requeue")}
     return CommandAdapter(cfg.name or cfg.type, commands=commands, run_on=cfg.run_on,
-                          timeout=cfg.timeout, **common_options(cfg))
+                          timeout=cfg.timeout, repeat_pause=cfg.repeat_pause, **common_options(cfg))
 
 
 register("command", _factory)

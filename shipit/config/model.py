@@ -122,6 +122,8 @@ class CommandAdapterConfig(AdapterBase):
     # hosts: run on every (matching) host; local: once, on the machine running shipit
     run_on: Literal["hosts", "local"] = "hosts"
     timeout: float = Field(default=60.0, gt=0)
+    # Re-run `pause` every lease_ttl/3 until resume: for pauses that expire after SHIPIT_TTL.
+    repeat_pause: bool = False
 
 
 class RQAdapterConfig(AdapterBase):

@@ -31,6 +31,8 @@ trap 'rm -f "running/$2"; echo "$2 stopped" >> events.log; exit 143' TERM
 if [ "$3" = drain ]; then  # finishes a moment after the deploy paused the system
   while [ ! -e paused ]; do sleep 0.02; done
   sleep 0.2 & wait $!
+elif [ "$3" = third-pause ]; then  # finishes once the pause ran three times
+  while [ "$(cat events.log 2>/dev/null | grep -c '^pause')" -lt 3 ]; do sleep 0.02; done
 else
   sleep "$3" & wait $!
 fi
@@ -261,5 +263,25 @@ def test_sigterm_to_a_deploy_waiting_on_an_adapter_resumes_it(project_factory, t
         # Nothing was stopped, so nothing is requeued: the work just carries on.
         assert _events(pool)[1:] == ["resume"]
         assert int((pool / "running" / "long").read_text()) == procs[0].pid
+    finally:
+        _cleanup(pool, procs)
+
+
+def test_repeat_pause_keeps_an_expiring_pause_alive_until_resume(project_factory, tmp_path):
+    pool = _pool(tmp_path)
+    procs = [_start(pool, "slow", "third-pause")]
+    try:
+        adapter = _adapter(pool, repeat_pause=True)  # type: ignore[arg-type]
+        p = project_factory(jobs={"adapters": [adapter], "lease_ttl": 3, "drain_timeout": 60})
+        result, rec = p.deploy()
+        assert result.outcome == "success", result.error
+        events = _events(pool)
+        # Repeated until the resume (the release may take a few more), never after it.
+        words = [e.split()[0] for e in events]
+        assert words[:3] == ["pause"] * 3 and words[-1] == "resume" and words.count("slow") == 1
+        assert set(words) == {"pause", "slow", "resume"}
+        assert not [e for e in adapter_events(rec, "job.stopped")]
+        time.sleep(1.5)  # longer than the repeat interval (ttl/3 = 1 s): no pause after resume
+        assert _events(pool) == events and not (pool / "paused").exists()
     finally:
         _cleanup(pool, procs)
