@@ -140,3 +140,27 @@ def test_the_worked_example_pauses_with_sudo_and_the_named_units():
         "sudo -n systemctl stop --no-block shop-worker.service",
     ]
     assert adapter.kinds == {"shop-report.service": "timer", "shop-worker.service": "unit"}
+
+
+def test_over_ssh_with_user_units(project_factory, fake_systemd: FakeSystemd, sshd_hosts, tmp_path):
+    """The same drain through a real sshd: commands reach the host's shell as written (the
+    stand-in is named with its state dir, since an SSH session does not carry our env)."""
+    from tests.harness.sshd import ssh_section
+
+    host = sshd_hosts(1)[0]
+    fake_systemd.service("worker", WORKER.format(log=tmp_path / "worker.log"))
+    fake_systemd.ctl("start", "worker.service")
+    binary = f"FAKE_SYSTEMD={fake_systemd.root} {fake_systemd.bin / 'systemctl'}"
+    p = project_factory(
+        hosts=[host.name], ssh=ssh_section([host]),
+        jobs={"adapters": [{"type": "systemd", "units": ["worker"], "user": True, "systemctl": binary}]},
+    )
+    result, rec = p.deploy()
+    assert result.outcome == "success", result.error
+    assert _lines(tmp_path / "worker.log") == ["start", "stopped", "start"]
+    assert fake_systemd.state("worker.service") == "active"
+    assert [c for c in fake_systemd.calls() if "is-active" not in c] == [
+        "start worker.service", "--user stop --no-block worker.service", "--user start worker.service",
+    ]
+    assert {e.host for e in rec.of("adapter.paused")} == {None}
+    assert {e.host for e in rec.of("host.command") if "systemctl" in e.data["command"]} == {host.name}
