@@ -3,6 +3,7 @@ local host and over a real sshd."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 from pathlib import Path
@@ -110,6 +111,8 @@ def test_install_show_remove_on_the_local_crontab(project_factory):
     now = crontab_text()
     assert now.count("# BEGIN shipit shop") == 1 and "\n0 * * * * cd " in now and "*/5" not in now
     assert "up to date" in p.cli("cron", "show", "s").stdout
+    shown = json.loads(p.cli("cron", "show", "s", "--json").stdout)
+    assert shown["local"]["installed"] == shown["local"]["wanted"] == now.splitlines()[3:]
 
     assert p.cli("cron", "remove", "s").returncode == 0
     assert crontab_text() == USER_LINES
