@@ -290,7 +290,23 @@ def check(stage: StageConfig, bus: EventBus) -> list[HostCheck]:
             problems.append(f"the check command failed (exit code {facts['exit_code']})")
         names = [r["name"] for r in facts["releases"]]
         checks.append(HostCheck(spec.name, not problems, problems, facts["current"], names))
+    _flag_mixed_stage(checks)
     return checks
+
+
+def _flag_mixed_stage(checks: list[HostCheck]) -> None:
+    """A stage whose hosts serve different releases is not ready, even if every host is healthy:
+    a host lost after the switch (and so never switched back) leaves exactly this behind."""
+    live = {c.host: c.current for c in checks if c.current is not None}
+    if len(set(live.values())) < 2:
+        return
+    detail = ", ".join(f"{h}: {r}" for h, r in live.items())
+    message = (f"hosts serve different releases ({detail}); the next deploy, or "
+               f"`shipit rollback --to RELEASE`, makes them agree")
+    for c in checks:
+        if c.host in live:
+            c.ok = False
+            c.problems.append(message)
 
 
 def list_releases(stage: StageConfig, bus: EventBus) -> dict[str, list[ReleaseInfo]]:

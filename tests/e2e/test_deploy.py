@@ -126,3 +126,28 @@ def _deploy_without_hook(d: Deployer):  # type: ignore[no-untyped-def]
     d.config.write_text(yaml.safe_dump(data, sort_keys=False))
     assert out[0].outcome == "success", out[0].error
     return out
+
+
+def test_check_flags_hosts_on_different_releases(project: Deployer) -> None:
+    """What a host lost after the switch leaves behind: one host still on another release.
+    `shipit check` must not call that stage ready, and the next deploy makes the hosts agree."""
+    from shipit import runner
+    from shipit.events import EventBus
+
+    first, _ = project.deploy()
+    (project.app / "app.py").write_text("VERSION = '2'\n")
+    second, _ = project.deploy()
+    assert first.outcome == second.outcome == "success"
+    assert all(c.ok for c in runner.check(project.stage(), EventBus()))
+    odd = project.hosts[0]
+    link = project.root(odd) / "current"
+    link.unlink()
+    link.symlink_to(f"releases/{first.release}")
+    checks = runner.check(project.stage(), EventBus())
+    assert not any(c.ok for c in checks)
+    assert all("serve different releases" in " ".join(c.problems) for c in checks)
+    assert f"{odd.name}: {first.release}" in checks[0].problems[-1]
+    third, _ = project.deploy()
+    assert third.outcome == "success", third.error
+    assert {project.current(h) for h in project.hosts} == {third.release}
+    assert all(c.ok for c in runner.check(project.stage(), EventBus()))
