@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from shipit.errors import ShipitError, UsageError
+from shipit.errors import CorruptState, ShipitError, UsageError
 from shipit.gate.base import ACTIVE_STATES, ALL_STATES, RESTARTABLE_STATES, WAITING, Run, Store
 
 OPS = ("drain", "renew", "restart", "reconcile", "close", "open", "status", "list", "show")
@@ -379,6 +379,9 @@ def main(argv: list[str] | None = None, *, stdin: IO[str] | None = None,
 
 def _fail(out: Out, message: str, code: int, exc: BaseException | None) -> int:
     obj: dict[str, Any] = {"error": message, "exit_code": code}
+    if isinstance(exc, CorruptState):
+        # Same exit code as an unreachable store, but the caller may repair this one.
+        obj["corrupt"] = True
     lease = getattr(exc, "lease", None)
     if lease is not None and hasattr(lease, "to_dict"):
         obj["lease"] = lease.to_dict()

@@ -56,6 +56,8 @@ def _error_for(host: str, payload: dict[str, Any]) -> ShipitError:
     code = int(payload.get("exit_code") or 1)
     if code == GateHeld.exit_code and "lease" in payload:
         return GateHeld(msg, Lease(**payload["lease"]))
+    if payload.get("corrupt") and not payload.get("recorded"):
+        return CorruptState(msg)
     by_code: dict[int, type[ShipitError]] = {
         2: UsageError, 4: HostError, 5: StoreUnavailable,
     }

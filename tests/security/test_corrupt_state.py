@@ -97,12 +97,12 @@ def test_a_damaged_gate_json_keeps_jobs_out_and_the_deploy_stops_before_the_swit
         assert p.job().returncode == 0 and p.marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "shipit/cli/jobs.py _open_all reads every host's status before opening, so on an unreadable"
-    " gate `jobs resume --force` fails with the very CorruptState it should repair"))
 def test_jobs_resume_force_repairs_an_unreadable_gate(tmp_path: Path) -> None:
     p = Project(tmp_path, "file")
     (p.store_dir / "gate.json").write_bytes(b"garbage")
+    refused = p.shipit("jobs", "resume", "l")
+    assert refused.returncode == 5 and "Traceback" not in refused.stderr
+    assert p.job().returncode == 5 and not p.marker.exists()
     resumed = p.shipit("jobs", "resume", "l", "--force")
     assert resumed.returncode == 0, resumed.stderr
     assert p.job().returncode == 0 and p.marker.exists()
