@@ -2,13 +2,14 @@
 
 invoke test [-- ARGS]   the whole suite through scripts/test.sh (installs what is missing)
 invoke lint             ruff over shipit, tests and bench
-invoke bench            every bench/*.py, one after another, with a summary table
+invoke bench            every bench/*.py, then one combined table (bench/RESULTS.md)
 invoke demo             scripts/demo.sh: a deploy of examples/app with jobs running
 invoke chaos            the chaos tests (tests/chaos), when present
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -39,26 +40,53 @@ def lint(c: Context) -> None:
     _run(c, f"ruff check {' '.join(paths)}")
 
 
-@task(help={"only": "run only bench scripts whose name contains this"})
-def bench(c: Context, only: str = "") -> None:
-    """Run every bench/*.py (each prints its own figures), then a summary table."""
+@task(help={
+    "only": "run only bench scripts whose name contains this",
+    "quick": "fewer repetitions (to try it out; figures are rougher)",
+    "results": "write the combined table as markdown here (default: bench/RESULTS.md, on a full "
+               "run only: not with --only or --quick)",
+})
+def bench(c: Context, only: str = "", quick: bool = False, results: str = "") -> None:
+    """Run every bench/*.py (each prints its own figures), then one combined table."""
+    import json
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import _report
+
     scripts = sorted(p for p in (ROOT / "bench").glob("*.py") if not p.name.startswith("_"))
     scripts = [p for p in scripts if only in p.name]
     if not scripts:
         print("no benchmarks in bench/")
         return
-    rows: list[tuple[str, str, float]] = []
-    for script in scripts:
-        print(f"== {script.name}", flush=True)
-        start = time.monotonic()
-        result = _run(c, f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}", warn=True)
-        status = "ok" if result is not None and result.ok else "FAILED"
-        rows.append((script.name, status, time.monotonic() - start))
-    width = max(len(name) for name, _, _ in rows)
-    print(f"\n{'benchmark'.ljust(width)}  status  seconds")
-    for name, status, seconds in rows:
-        print(f"{name.ljust(width)}  {status:6}  {seconds:7.1f}")
-    if any(status != "ok" for _, status, _ in rows):
+    started = _report.machine()
+    statuses: list[str] = []
+    collected: dict[str, dict[str, Any]] = {}
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="shipit-bench-json-") as out:
+        for script in scripts:
+            print(f"== {script.name}", flush=True)
+            target = Path(out) / f"{script.stem}.json"
+            command = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} --json {shlex.quote(str(target))}"
+            start = time.monotonic()
+            result = _run(c, command + (" --quick" if quick else ""), warn=True)
+            ok = result is not None and result.ok and target.exists()
+            if ok:
+                doc = json.loads(target.read_text())
+                collected[doc["bench"]] = doc
+            failed = failed or not ok
+            statuses.append(f"{script.name} {'ok' if ok else 'FAILED'} {time.monotonic() - start:.0f} s")
+    load_end = os.getloadavg()[0]
+    print()
+    print(_report.machine_line(started, load_end))
+    print(_report.render(_report.rows(collected)))
+    print("scripts: " + "; ".join(statuses))
+    path = Path(results) if results else (ROOT / "bench" / "RESULTS.md" if not (only or quick) else None)
+    if path is not None:
+        invocation = "invoke bench" + (" --quick" if quick else "") + (f" --only {only}" if only else "")
+        path.write_text(_report.markdown(collected, started, load_end, statuses, invocation))
+        print(f"(table written to {path})")
+    if failed:
         raise Exit("some benchmarks failed", code=1)
 
 

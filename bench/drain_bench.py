@@ -1,6 +1,7 @@
 """Deploy-side jobs benchmark: prints figures, asserts nothing.
 
-    python bench/drain_bench.py [--backends sqlite,file,postgres] [--pg-dsn DSN] [--runs 20]
+    python bench/drain_bench.py [--backends file,sqlite,postgres] [--pg-dsn DSN] [--runs 20]
+                                [--kill-runs 3] [--json PATH] [--quick]
 
 Per backend:
 - drain wake-up: a supervised job (`shipit job run -- sh -c 'sleep; date'`) is the last one
@@ -9,31 +10,32 @@ Per backend:
 - killed deploy: `shipit agent drain` holds the gate (ttl 3 s, renewing every 1 s) for a job
   that never ends; it is SIGKILLed and we measure until a job's claim succeeds again.
 Then remote commands per host for a whole redeploy with no job running (local host, sqlite).
-Without --pg-dsn a throwaway PostgreSQL cluster is started (tests/harness/postgres.py).
+The backends take turns run after run (load from elsewhere falls on all of them alike).
+Without --pg-dsn a throwaway PostgreSQL cluster is started (tests/harness/postgres.py); without
+PostgreSQL installed that backend is skipped.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _common
+from _common import SHIPIT, SHIPIT_COMMAND, median, pct, store_urls
 
-from shipit.gate.base import ACTIVE_STATES, ClaimSpec, Run  # noqa: E402
-from shipit.gate.url import open_store  # noqa: E402
-from shipit.jobs.drain import drain  # noqa: E402
+from shipit.gate.base import ACTIVE_STATES, ClaimSpec, Run
+from shipit.gate.url import open_store
+from shipit.jobs.drain import drain
 
-SHIPIT = [sys.executable, "-m", "shipit"]
+KILL_TTL = 3.0
 
 
 def _env(url: str) -> dict[str, str]:
@@ -63,58 +65,45 @@ def _wait_running(store: Any, name: str) -> Run:
     raise RuntimeError(f"job {name} never started")
 
 
-def wakeup_latency(url: str, runs: int, tmp: Path) -> list[float]:
-    store = open_store(url)
-    out: list[float] = []
-    try:
-        for i in range(runs):
-            stamp = tmp / f"exit-{i}"
-            proc = _job(url, f"short{i}", ["sh", "-c", f"sleep 0.4; date +%s.%N > {stamp}"])
-            _wait_running(store, f"short{i}")
-            result = drain(store, holder="bench", deploy_id=f"d{i}", reason="", ttl=30,
-                           timeout=60, policy="wait", grace=5, emit=lambda *a, **k: None)
-            returned = time.time()
-            proc.wait()
-            out.append(returned - float(stamp.read_text()))
-            store.open_gate(result.lease.epoch, actor="bench")
-    finally:
-        store.close()
-    return out
+def wakeup_once(url: str, store: Any, i: int, tmp: Path) -> float:
+    stamp = tmp / f"exit-{abs(hash(url))}-{i}"
+    proc = _job(url, f"short{i}", ["sh", "-c", f"sleep 0.4; date +%s.%N > {stamp}"])
+    _wait_running(store, f"short{i}")
+    result = drain(store, holder="bench", deploy_id=f"d{i}", reason="", ttl=30,
+                   timeout=60, policy="wait", grace=5, emit=lambda *a, **k: None)
+    returned = time.time()
+    proc.wait()
+    store.open_gate(result.lease.epoch, actor="bench")
+    return returned - float(stamp.read_text())
 
 
-def killed_deploy_reopen(url: str, runs: int) -> list[float]:
-    store = open_store(url)
-    out: list[float] = []
+def killed_once(url: str, store: Any, i: int) -> float:
     spec = ClaimSpec(job="probe", host="bench", command=("true",))
+    job = _job(url, f"forever{i}", ["sleep", "300"])
+    _wait_running(store, f"forever{i}")
+    opts = {"store": url, "dsn": url if url.startswith("postgres") else None,
+            "deploy_id": f"k{i}", "ttl": KILL_TTL, "timeout": 600, "policy": "wait",
+            "reconcile": False}
+    agent = subprocess.Popen([*SHIPIT, "agent", "drain"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert agent.stdin and agent.stdout
+    agent.stdin.write(json.dumps(opts) + "\n")
+    agent.stdin.close()
+    agent.stdout.readline()  # gate.closed
+    time.sleep(1.5)  # let it renew at least once
+    agent.send_signal(signal.SIGKILL)
+    killed = time.time()
+    agent.wait()
     try:
-        for i in range(runs):
-            job = _job(url, f"forever{i}", ["sleep", "300"])
-            _wait_running(store, f"forever{i}")
-            opts = {"store": url, "dsn": url if url.startswith("postgres") else None,
-                    "deploy_id": f"k{i}", "ttl": 3, "timeout": 600, "policy": "wait",
-                    "reconcile": False}
-            agent = subprocess.Popen([*SHIPIT, "agent", "drain"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-            assert agent.stdin and agent.stdout
-            agent.stdin.write(json.dumps(opts) + "\n")
-            agent.stdin.close()
-            agent.stdout.readline()  # gate.closed
-            time.sleep(1.5)  # let it renew at least once
-            agent.send_signal(signal.SIGKILL)
-            killed = time.time()
-            agent.wait()
-            while True:
-                claimed = store.claim(spec)
-                if isinstance(claimed, Run):
-                    out.append(time.time() - killed)
-                    store.finish(claimed.id, "finished", 0)
-                    break
-                store.wait_gate_change(0.05)
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
+        while True:
+            claimed = store.claim(spec)
+            if isinstance(claimed, Run):
+                store.finish(claimed.id, "finished", 0)
+                return time.time() - killed
+            store.wait_gate_change(0.05)
     finally:
-        store.close()
-    return out
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
 
 
 def remote_commands_per_redeploy(tmp: Path) -> dict[str, int]:
@@ -129,7 +118,7 @@ def remote_commands_per_redeploy(tmp: Path) -> dict[str, int]:
     cfg = tmp / "shipit.yaml"
     cfg.write_text(
         f"application: bench\nsource: {{dir: {src}}}\ndeploy_to: {tmp / 'app'}\n"
-        f"shipit_command: {sys.executable} -m shipit\njobs: {{store: sqlite}}\n"
+        f"shipit_command: {SHIPIT_COMMAND}\njobs: {{store: sqlite}}\n"
         "stages:\n  b: {hosts: [local]}\n"
     )
     stage = load_config(cfg).stage("b")
@@ -141,66 +130,72 @@ def remote_commands_per_redeploy(tmp: Path) -> dict[str, int]:
     for e in rec.of("host.command"):
         if not e.data.get("upload"):
             counts[e.host or "?"] = counts.get(e.host or "?", 0) + 1
-    counts["(outcome " + result.outcome + ")"] = 0
+    assert result.outcome == "success", result.error
     return counts
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--backends", default="sqlite,file,postgres")
+    ap = _common.parser(__doc__)
+    ap.add_argument("--backends", default="file,sqlite,postgres")
     ap.add_argument("--pg-dsn")
-    ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--kill-runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=None, help="wake-ups per backend (20, quick 5)")
+    ap.add_argument("--kill-runs", type=int, default=None, help="killed deploys per backend (3, quick 1)")
     args = ap.parse_args()
+    runs = args.runs or (5 if args.quick else 20)
+    kill_runs = args.kill_runs or (1 if args.quick else 3)
+    kinds = args.backends.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="shipit-drain-bench-"))
-    cluster = None
-    rows = []
+    wake: dict[str, list[float]] = {}
+    reopen: dict[str, list[float]] = {}
     try:
-        for kind in args.backends.split(","):
-            if kind == "sqlite":
-                urls = [f"sqlite:{tmp}/s{i}/jobs.db" for i in range(2)]
-            elif kind == "file":
-                urls = [f"file:{tmp}/f{i}" for i in range(2)]
-            else:
-                if args.pg_dsn:
-                    urls = [args.pg_dsn] * 2
-                else:
-                    from tests.harness.postgres import PgCluster, _ensure_user, _free_port
-
-                    root = tempfile.mkdtemp(prefix="shipit-bench-pg-")
-                    os.chmod(root, 0o755)
-                    user = _ensure_user()
-                    if user:
-                        shutil.chown(root, user, user)
-                    cluster = PgCluster(root, _free_port(), user)
-                    cluster.init()
-                    cluster.start()
-                    urls = [cluster.create_database() for _ in range(2)]
-            wake = wakeup_latency(urls[0], args.runs, tmp)
-            reopen = killed_deploy_reopen(urls[1], args.kill_runs)
-            rows.append((kind, wake, reopen))
+        with contextlib.ExitStack() as stack:
+            new_db = None
+            if "postgres" in kinds:
+                new_db = ((lambda: args.pg_dsn) if args.pg_dsn
+                          else stack.enter_context(_common.postgres()))
+            urls: dict[str, list[str]] = {}
+            for kind in kinds:
+                found = store_urls(kind, tmp, 2, new_db)
+                if found is not None:
+                    urls[kind] = found
+            stores = {k: (open_store(u[0]), open_store(u[1])) for k, u in urls.items()}
+            for s in stores.values():
+                stack.callback(s[0].close)
+                stack.callback(s[1].close)
+            wake = {k: [] for k in urls}
+            reopen = {k: [] for k in urls}
+            for i in range(runs):
+                for kind, (u_wake, _) in urls.items():
+                    wake[kind].append(wakeup_once(u_wake, stores[kind][0], i, tmp))
+            for i in range(kill_runs):
+                for kind, (_, u_kill) in urls.items():
+                    reopen[kind].append(killed_once(u_kill, stores[kind][1], i))
         commands = remote_commands_per_redeploy(tmp / "deploy")
     finally:
-        if cluster is not None:
-            cluster.stop("immediate")
-            shutil.rmtree(cluster.root, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
+    figures: dict[str, Any] = {"backends": {}, "kill_ttl_s": KILL_TTL,
+                               "local_redeploy_commands_per_host": commands}
     print(f"\nshipit drain benchmark ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
     head = (f"{'backend':<9} {'wake-up median':>15} {'p90':>9} {'max':>9}   "
-            f"{'killed deploy -> claim ok (ttl 3s)':>36}")
+            f"{f'killed deploy -> claim ok (ttl {KILL_TTL:g}s)':>36}")
     print(head)
     print("-" * len(head))
-    for kind, wake, reopen in rows:
-        w = sorted(wake)
-        p90 = w[min(len(w) - 1, int(0.9 * (len(w) - 1) + 0.5))]
-        print(f"{kind:<9} {statistics.median(w) * 1000:>12.1f} ms {p90 * 1000:>6.1f} ms "
-              f"{w[-1] * 1000:>6.1f} ms   "
-              f"{', '.join(f'{r:.2f}s' for r in reopen):>36}")
+    for kind in wake:
+        w = wake[kind]
+        figures["backends"][kind] = {
+            "wake_median_ms": median(w) * 1000, "wake_p90_ms": pct(w, 90) * 1000,
+            "wake_max_ms": max(w) * 1000, "reopen_median_s": median(reopen[kind]),
+            "reopen_s": reopen[kind],
+        }
+        print(f"{kind:<9} {median(w) * 1000:>12.1f} ms {pct(w, 90) * 1000:>6.1f} ms "
+              f"{max(w) * 1000:>6.1f} ms   "
+              f"{', '.join(f'{r:.2f}s' for r in reopen[kind]):>36}")
     print("(wake-up: the last job writes a timestamp and exits -> drain() returns; "
-          f"{args.runs} runs each)")
+          f"{runs} runs each)")
     print("remote commands per host for a redeploy with no job running:",
           ", ".join(f"{k}: {v}" for k, v in commands.items()))
+    _common.write_json(args.json, "drain", figures, {"runs": runs, "kill_runs": kill_runs})
 
 
 if __name__ == "__main__":

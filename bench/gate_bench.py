@@ -1,37 +1,36 @@
 """Gate and job store benchmark: prints figures, asserts nothing.
 
     python bench/gate_bench.py [--backends file,sqlite,postgres] [--pg-dsn DSN] [--iterations 500]
+                               [--rounds 3] [--json PATH] [--quick]
 
-Per backend: claim+finish latency (one client), claims/s with 100 claimer processes, and
-close_gate latency with 100 running runs. Without --pg-dsn a throwaway PostgreSQL cluster is
-started (tests/harness/postgres.py), which needs the PostgreSQL 15 binaries.
+Per backend: claim+finish latency (one client; p50/p99 over all rounds' samples), claims/s with
+100 claimer processes (median over rounds), and close_gate latency with 100 running runs. The
+backends take turns round after round, so load from elsewhere on a shared machine falls on all
+of them alike. Without --pg-dsn a throwaway PostgreSQL cluster is started
+(tests/harness/postgres.py); without PostgreSQL installed that backend is skipped.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _common
+from _common import median, pct, store_urls
 
-from shipit.gate.base import ClaimSpec, Run  # noqa: E402
-from shipit.gate.url import open_store  # noqa: E402
+from shipit.gate.base import ClaimSpec, Run
+from shipit.gate.url import open_store
 
 SPEC = ClaimSpec(job="bench", host="h1", command=("python", "job.py"), env={"LANG": "C.UTF-8"})
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
-def claim_finish_latency(url: str, n: int) -> tuple[float, float]:
+def claim_finish_times(url: str, n: int) -> list[float]:
     store = open_store(url)
     times = []
     for _ in range(n):
@@ -41,7 +40,7 @@ def claim_finish_latency(url: str, n: int) -> tuple[float, float]:
         store.finish(run.id, "finished", 0)
         times.append(time.perf_counter() - t)
     store.close()
-    return pct(times, 50) * 1000, pct(times, 99) * 1000
+    return times
 
 
 def _claimer(url: str, start: Any, stop: Any, counts: Any, i: int) -> None:
@@ -74,7 +73,7 @@ def concurrent_claims(url: str, procs: int, seconds: float) -> float:
     return done / elapsed
 
 
-def close_latency(url: str, running: int, reps: int) -> tuple[float, float]:
+def close_times(url: str, running: int, reps: int) -> list[float]:
     store = open_store(url)
     runs = [store.claim(SPEC) for _ in range(running)]
     assert all(isinstance(r, Run) for r in runs)
@@ -89,64 +88,71 @@ def close_latency(url: str, running: int, reps: int) -> tuple[float, float]:
     for r in runs:
         store.finish(r.id, "finished", 0)  # type: ignore[union-attr]
     store.close()
-    return pct(times, 50) * 1000, pct(times, 99) * 1000
+    return times
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = _common.parser(__doc__)
     ap.add_argument("--backends", default="file,sqlite,postgres")
     ap.add_argument("--pg-dsn")
-    ap.add_argument("--iterations", type=int, default=500)
+    ap.add_argument("--iterations", type=int, default=None, help="claims per round (500, quick 150)")
     ap.add_argument("--claimers", type=int, default=100)
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--seconds", type=float, default=None, help="per claims/s round (3, quick 2)")
+    ap.add_argument("--rounds", type=int, default=None, help="(3, quick 1)")
     args = ap.parse_args()
+    iterations = args.iterations or (150 if args.quick else 500)
+    seconds = args.seconds or (2.0 if args.quick else 3.0)
+    rounds = args.rounds or (1 if args.quick else 3)
+    kinds = args.backends.split(",")
 
-    tmp = tempfile.mkdtemp(prefix="shipit-bench-")
-    cluster = None
-    rows = []
-    try:
-        for kind in args.backends.split(","):
-            if kind == "file":
-                urls = [f"file:{tmp}/file{i}" for i in range(3)]
-            elif kind == "sqlite":
-                urls = [f"sqlite:{tmp}/sqlite{i}/jobs.db" for i in range(3)]
-            else:
-                if args.pg_dsn:
-                    urls = [args.pg_dsn] * 3
-                else:
-                    from tests.harness.postgres import PgCluster, _ensure_user, _free_port
+    tmp = Path(tempfile.mkdtemp(prefix="shipit-bench-"))
+    with contextlib.ExitStack() as stack:
+        new_db = None
+        if "postgres" in kinds:
+            new_db = (lambda: args.pg_dsn) if args.pg_dsn else stack.enter_context(_common.postgres())
+        urls: dict[str, list[str]] = {}
+        for kind in kinds:
+            found = store_urls(kind, tmp, 3, new_db)
+            if found is not None:
+                urls[kind] = found
+        lat: dict[str, list[float]] = {k: [] for k in urls}
+        rate: dict[str, list[float]] = {k: [] for k in urls}
+        close: dict[str, list[float]] = {k: [] for k in urls}
+        for _ in range(rounds):
+            for kind, (u_claim, u_rate, u_close) in urls.items():
+                lat[kind] += claim_finish_times(u_claim, iterations)
+                rate[kind].append(concurrent_claims(u_rate, args.claimers, seconds))
+                close[kind] += close_times(u_close, 100, 10)
+    shutil.rmtree(tmp, ignore_errors=True)
 
-                    root = tempfile.mkdtemp(prefix="shipit-bench-pg-")
-                    os.chmod(root, 0o755)
-                    user = _ensure_user()
-                    if user:
-                        shutil.chown(root, user, user)
-                    cluster = PgCluster(root, _free_port(), user)
-                    cluster.init()
-                    cluster.start()
-                    urls = [cluster.create_database() for _ in range(3)]
-            p50, p99 = claim_finish_latency(urls[0], args.iterations)
-            rate = concurrent_claims(urls[1], args.claimers, args.seconds)
-            c50, c99 = close_latency(urls[2], 100, 30)
-            rows.append((kind, p50, p99, rate, c50, c99))
-    finally:
-        if cluster is not None:
-            cluster.stop("immediate")
-            shutil.rmtree(cluster.root, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+    figures: dict[str, Any] = {"backends": {}}
+    for kind in urls:
+        figures["backends"][kind] = {
+            "claim_p50_ms": pct(lat[kind], 50) * 1000,
+            "claim_p99_ms": pct(lat[kind], 99) * 1000,
+            "claims_per_s": median(rate[kind]),
+            "claims_per_s_rounds": rate[kind],
+            "close_p50_ms": pct(close[kind], 50) * 1000,
+            "close_p99_ms": pct(close[kind], 99) * 1000,
+        }
 
-    print(f"\nshipit gate benchmark ({os.cpu_count()} CPUs, store dir on {tmp.rsplit('/', 1)[0]})")
+    print(f"\nshipit gate benchmark ({os.cpu_count()} CPUs, {rounds} round(s), "
+          f"store dir on {tmp.parent})")
     head = (
         f"{'backend':<9} {'claim+finish p50':>17} {'p99':>9} "
         f"{'claims/s (' + str(args.claimers) + ' procs)':>22} {'close+list p50':>15} {'p99':>9}"
     )
     print(head)
     print("-" * len(head))
-    for kind, p50, p99, rate, c50, c99 in rows:
+    for kind, f in figures["backends"].items():
         print(
-            f"{kind:<9} {p50:>14.2f} ms {p99:>6.2f} ms {rate:>22.0f} {c50:>12.2f} ms {c99:>6.2f} ms"
+            f"{kind:<9} {f['claim_p50_ms']:>14.2f} ms {f['claim_p99_ms']:>6.2f} ms "
+            f"{f['claims_per_s']:>22.0f} {f['close_p50_ms']:>12.2f} ms {f['close_p99_ms']:>6.2f} ms"
         )
     print("(close+list: close_gate() incl. its barrier, then list_runs(), with 100 running runs)")
+    _common.write_json(args.json, "gate", figures, {
+        "iterations": iterations, "rounds": rounds, "claimers": args.claimers, "seconds": seconds,
+    })
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Transport benchmark: prints figures, asserts nothing.
 
-    python bench/transport_bench.py [--commands 200] [--hosts 16]
+    python bench/transport_bench.py [--commands 200] [--hosts 16] [--json PATH] [--quick]
 
 - connect: TCP + key exchange + auth + first command, per host (median)
 - per command: `true` over one reused SSH connection, with and without stdin; the same on the
@@ -11,22 +11,19 @@
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _common
 
-from shipit.config.model import HostSpec  # noqa: E402
-from shipit.hosts.base import Host  # noqa: E402
-from shipit.hosts.fanout import run_parallel  # noqa: E402
-from shipit.hosts.local import LocalHost  # noqa: E402
-from shipit.hosts.ssh import SSHHost  # noqa: E402
-from tests.harness.sshd import new_pool, start_hosts  # noqa: E402
+from shipit.config.model import HostSpec
+from shipit.hosts.base import Host
+from shipit.hosts.fanout import run_parallel
+from shipit.hosts.local import LocalHost
+from shipit.hosts.ssh import SSHHost
+from tests.harness.sshd import new_pool
 
 
 def per_command(host: Host, n: int, stdin: str | None = None) -> float:
@@ -39,13 +36,20 @@ def per_command(host: Host, n: int, stdin: str | None = None) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--commands", type=int, default=200)
+    ap = _common.parser(__doc__)
+    ap.add_argument("--commands", type=int, default=None, help="(200, quick 40)")
     ap.add_argument("--hosts", type=int, default=16)
     args = ap.parse_args()
+    commands = args.commands or (40 if args.quick else 200)
+    figures: dict[str, float] = {}
+
+    def show(label: str, key: str, ms: float, note: str = "") -> None:
+        figures[key] = ms
+        print(f"{label:<28}{ms:8.1f} ms{note}", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         pool = new_pool(Path(tmp))
-        targets = start_hosts(pool, args.hosts, Path(tmp))
+        targets = _common.start_hosts(pool, args.hosts, Path(tmp), namespaced=False)
         try:
             connects = []
             hosts: list[Host] = []
@@ -55,37 +59,36 @@ def main() -> None:
                 host.run("true")
                 connects.append(time.perf_counter() - start)
                 hosts.append(host)
-            print(f"connect + first command     {statistics.median(connects) * 1000:8.1f} ms")
-            print(f"ssh command                 {per_command(hosts[0], args.commands):8.1f} ms")
-            print(
-                f"ssh command with stdin      {per_command(hosts[0], args.commands, 'x'):8.1f} ms"
-            )
+            show("connect + first command", "connect_ms", statistics.median(connects) * 1000)
+            show("ssh command", "ssh_command_ms", per_command(hosts[0], commands))
+            show("ssh command with stdin", "ssh_command_stdin_ms", per_command(hosts[0], commands, "x"))
             local = LocalHost(HostSpec(name="local", hostname="localhost", local=True))
-            print(f"local command               {per_command(local, args.commands):8.1f} ms")
-            print(f"local command with stdin    {per_command(local, args.commands, 'x'):8.1f} ms")
+            show("local command", "local_command_ms", per_command(local, commands))
+            show("local command with stdin", "local_command_stdin_ms", per_command(local, commands, "x"))
             start = time.perf_counter()
             run_parallel(hosts, lambda h: h.run("true"), limit=len(hosts))
-            wall = (time.perf_counter() - start) * 1000
-            print(f"fan-out over {len(hosts):2d} hosts         {wall:8.1f} ms (connected)")
+            show(f"fan-out over {len(hosts):2d} hosts", "fanout_connected_ms",
+                 (time.perf_counter() - start) * 1000, " (connected)")
             fresh = [SSHHost(t.spec(), t.ssh) for t in targets]
             start = time.perf_counter()
             run_parallel(fresh, lambda h: h.run("true"), limit=len(fresh))
-            wall = (time.perf_counter() - start) * 1000
-            print(f"fan-out over {len(fresh):2d} hosts         {wall:8.1f} ms (connecting)")
+            show(f"fan-out over {len(fresh):2d} hosts", "fanout_connecting_ms",
+                 (time.perf_counter() - start) * 1000, " (connecting)")
             for host in hosts + fresh:
                 host.close()
             # Same host, but sshd leaves HOME alone: root's shell startup files run per command.
             pool.home = Path.home()
             (Path(tmp) / "home-host").mkdir()
-            (slow,) = start_hosts(pool, 1, Path(tmp) / "home-host")
+            (slow,) = _common.start_hosts(pool, 1, Path(tmp) / "home-host", namespaced=False)
             with SSHHost(slow.spec(), slow.ssh) as host:
                 host.run("true")
-                n = max(10, args.commands // 10)
-                print(f"ssh command, HOME={Path.home()}   {per_command(host, n):8.1f} ms")
+                n = max(10, commands // 10)
+                show(f"ssh command, HOME={Path.home()}", "ssh_command_real_home_ms", per_command(host, n))
             slow.kill()
         finally:
             for t in targets:
                 t.kill()
+    _common.write_json(args.json, "transport", figures, {"commands": commands, "hosts": args.hosts})
 
 
 if __name__ == "__main__":
