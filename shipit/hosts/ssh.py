@@ -71,6 +71,13 @@ class _Remote(WholeStdin, Remote):
         with contextlib.suppress(OSError):
             super().close_proc_stdin()
 
+    def wait(self) -> None:
+        """Return as soon as the exit status (or the channel's close) arrives: Invoke's own
+        wait() sleeps input_sleep (10 ms) between polls, up to 10 ms lost on every command.
+        Paramiko sets status_event on both; dead IO threads are still checked every 10 ms."""
+        while not (self.process_is_finished or self.has_dead_threads):
+            self.channel.status_event.wait(self.input_sleep)
+
 
 def _split_target(target: str) -> tuple[str | None, str, int | None]:
     """'user@host:port' -> (user, host, port); each part but the host optional."""
