@@ -117,3 +117,35 @@ def test_lock_and_status_against_the_central_store(project):
         assert not store.gate().is_closed(time.time())
     finally:
         store.close()
+
+
+def test_store_down_aborts_the_deploy_before_it_stops_anything(project, pg_cluster):
+    """PostgreSQL goes away while a job runs: the deploy fails with exit 5 before it closes the
+    gate or stops the job, the job keeps working, and once the store is back the job is still
+    recorded as running and a deploy goes through."""
+    proc, out = project.start_stateful(total=100000, delay=0.05)
+    first = project.current()
+    store = project.store()
+    try:
+        wait_for(lambda: out.exists() and len(items(out)) >= 3, what="the job to make progress")
+        run = running_run(store, "crunch")
+        store.close()
+        pg_cluster.stop("fast")
+        try:
+            res = project.shipit("deploy", "s")
+            done_during = len(items(out))
+        finally:
+            pg_cluster.start()
+        assert res.returncode == 5, res.stdout + res.stderr
+        assert "Traceback" not in res.stderr and project.env["SHIPIT_DSN"] not in res.stdout + res.stderr
+        assert project.current() == first
+        assert proc.poll() is None, "the job was stopped although the deploy could not record it"
+        wait_for(lambda: len(items(out)) > done_during, what="the job to keep working")
+        store = project.store()
+        after = store.get_run(run.id)
+        assert after.state == "running" and after.stop_requested_at is None
+        assert not store.gate().is_closed(time.time())
+    finally:
+        kill_group(proc)
+        kill_jobs(project)
+        store.close()
