@@ -20,8 +20,10 @@ if ! "$PY" -c "import shipit.cli, fabric, psycopg" 2>/dev/null; then
   "$PY" -m pip install -q -e . 2>&1 | grep -v -i "warning" || true
 fi
 
-# Leftover jobs from an earlier demo run must not write into the fresh tree.
-pkill -f "shipit job run --name (crunch|report)" 2>/dev/null || true
+# Leftover jobs from an earlier demo run must not write into the fresh tree; only this demo's
+# own supervisors are matched (by the demo folder in their command line), never anyone else's.
+demo_re=$(printf '%s' "$demo" | sed 's/[][\\.^$*+?(){}|]/\\&/g')
+pkill -f -- "shipit job run .*(--cwd $demo_re/current|--store sqlite:$demo_re/)" 2>/dev/null || true
 rm -rf "$demo"
 export SHIPIT_STORE="sqlite:$demo/shared/shipit/jobs.db"
 
