@@ -88,27 +88,59 @@ def _value_at(data: Any, path: Path) -> Any:
     return data
 
 
+def _unwrap(tp: Any) -> Any:
+    """`Annotated[X, Field(discriminator=...)]` -> X."""
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
 def _members(tp: Any) -> list[Any]:
+    tp = _unwrap(tp)
     origin = typing.get_origin(tp)
     if origin is typing.Union or origin is types.UnionType:
-        return [a for a in typing.get_args(tp) if a is not type(None)]
+        return [_unwrap(a) for a in typing.get_args(tp) if a is not type(None)]
     return [tp]
+
+
+def _discriminator(tp: Any) -> str | None:
+    """The key a tagged union picks its member by (`type` for jobs.adapters items)."""
+    if typing.get_origin(tp) is not typing.Annotated:
+        return None
+    for meta in typing.get_args(tp)[1:]:
+        found = getattr(meta, "discriminator", None)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _tags(members: list[Any], key: str) -> dict[str, Any]:
+    """Tag value -> member model of a union tagged by `key` (a Literal field in each member)."""
+    out: dict[str, Any] = {}
+    for member in members:
+        if isinstance(member, type) and issubclass(member, BaseModel) and key in member.model_fields:
+            for value in typing.get_args(member.model_fields[key].annotation):
+                out.setdefault(str(value), member)
+    return out
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The model class that the (tagged) location points into, for listing its valid keys."""
+def _type_at(root: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    """The annotation that the (tagged) pydantic location points at, or None."""
     tp: Any = root
     parts = list(loc)
     while parts:
         members = _members(tp)
         if len(members) > 1:
+            key = _discriminator(tp)
+            by_tag = _tags(members, key) if key else {}
             tagged = [m for m in members if _type_name(m) == parts[0]]
-            if tagged:
-                tp = tagged[0]
+            if tagged or parts[0] in by_tag:
+                # pydantic names the branch it tried: a class name, or a tagged union's tag.
+                tp = tagged[0] if tagged else by_tag[parts[0]]
                 parts.pop(0)
                 continue
             models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
@@ -128,9 +160,37 @@ def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | 
             tp = typing.get_args(tp)[1]
         else:
             return None
-    members = _members(tp)
+    return tp
+
+
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that the (tagged) location points into, for listing its valid keys."""
+    members = _members(_type_at(root, loc))
     models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
     return models[0] if models else None
+
+
+def _tag_message(
+    err: dict[str, Any], path: Path, tagged: Path, root: type[BaseModel], data: Any, lines: LineMap
+) -> tuple[Path, str]:
+    """A tagged union item (a jobs.adapters entry) whose `type:` is missing or unknown: name the
+    key, the value and the choices, instead of pydantic's 'Input tag ... found using ...'."""
+    tp = _type_at(root, tagged)
+    key = _discriminator(tp) or str(err.get("ctx", {}).get("discriminator", "type")).strip("'")
+    tags = list(_tags(_members(tp), key)) if tp is not None else []
+    choices = f"use one of {', '.join(tags)}" if tags else ""
+    container = next((p for p in reversed(path) if isinstance(p, str)), "")
+    noun = container[:-1] if container.endswith("s") else (container or "value")
+    where = (*path, key)
+    if err["type"] == "union_tag_not_found":
+        return where, f"required key is missing ({choices})" if choices else "required key is missing"
+    value = _value_at(data, where)
+    if isinstance(value, dict | list) or value is None:
+        return where, f"expected one of {', '.join(tags)}, got {_shown(data, where, lines)}"
+    close = difflib.get_close_matches(str(value), tags, n=1, cutoff=0.6) if where not in lines.written else []
+    hint = f"did you mean {close[0]!r}?" if close else ""
+    extra = " ".join(p for p in (hint, choices) if p)
+    return where, f"unknown {noun} {_shown(data, where, lines)}" + (f" ({extra})" if extra else "")
 
 
 def _home_of(model: type[BaseModel], key: str) -> str | None:
@@ -219,8 +279,11 @@ def explain(exc: ValidationError, root: type[BaseModel], data: Any, lines: LineM
             hook = re.fullmatch(r"Value error, unknown hook point '(.*)'", err["msg"])
             if hook and hook.group(1) in (_value_at(data, path) or {}):
                 path = (*path, hook.group(1))
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            path, msg = _tag_message(err, path, tagged, root, data, lines)
+        else:
+            msg = _message(err, path, tagged, root, data, lines)
         by_path.setdefault(path, []).append(err)
-        msg = _message(err, path, tagged, root, data, lines)
         line = lines.line(path[:-1] if err["type"] == "missing" else path) or 0
         found.append((err["type"] == "missing", line, order, path, msg))
     # A union (a host as text or as a mapping) fails on every branch. When one branch got
