@@ -3,7 +3,9 @@
 Order at one hook point: the config hooks as written (`run:` on the hosts with the hook's roles,
 `local:` on this machine, `task:` an Invoke task from tasks.py next to shipit.yaml), then the
 executable file `hooks/<point>` next to shipit.yaml (Kamal style). All get the SHIPIT_* env.
-A failing hook raises CommandFailed (host, command, exit code, last lines of output).
+`roles:` on a `local:` or `task:` hook does not multiply it: it still runs once, here, but only
+when the deploy includes a host with one of those roles (a `--roles web` deploy skips a db-only
+migrate). A failing hook raises CommandFailed (host, command, exit code, last lines of output).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from shipit.phases.common import emit_command, engine_state, mask, parallel
 from shipit.phases.context import DeployContext
 
 _LOCAL = HostSpec(name="local", hostname="localhost", local=True)
+_SKIP = "skipped"
 
 
 def hook_env(ctx: DeployContext) -> dict[str, str]:
@@ -90,9 +93,26 @@ def _run_local(ctx: DeployContext, point: str, shown: str, command: str) -> None
         raise CommandFailed("local", mask(ctx, shown), res.exit_code, mask(ctx, res.stdout + res.stderr))
 
 
+def _wanted_here(ctx: DeployContext, spec: HookSpec) -> bool:
+    """A local/task hook with roles runs only when the deploy includes a host with one of them."""
+    return not spec.roles or any(set(spec.roles) & set(h.spec.roles) for h in ctx.hosts)
+
+
+def _skipped(ctx: DeployContext, point: str, shown: str, spec: HookSpec) -> None:
+    roles = ", ".join(spec.roles)
+    ctx.bus.emit(
+        "log", phase=point, level="info",
+        message=mask(ctx, f"hook skipped: {shown} (roles: {roles}; no host of this deploy has one)"),
+    )
+
+
 def _steps(ctx: DeployContext, point: str) -> list[tuple[str, str, Callable[[], None]]]:
     steps: list[tuple[str, str, Callable[[], None]]] = []
     for spec in ctx.stage.hooks.get(point, ()):
+        if not spec.run and not _wanted_here(ctx, spec):
+            shown = spec.local or f"invoke {spec.task}"
+            steps.append((_SKIP, shown, lambda s=spec, w=shown: _skipped(ctx, point, w, s)))
+            continue
         if spec.run:
             steps.append(("hosts", spec.run, lambda s=spec: _run_remote(ctx, point, s)))
         elif spec.local:
@@ -116,6 +136,9 @@ def _run_file(ctx: DeployContext, point: str, path: Path) -> None:
 def run_hooks(ctx: DeployContext, point: str) -> None:
     """Run every hook of one hook point, in order; the first failure stops the rest."""
     for where, what, step in _steps(ctx, point):
+        if where == _SKIP:
+            step()  # says so in the output; no hook.started/finished for a hook that never ran
+            continue
         ctx.bus.emit("hook.started", phase=point, hook=point, where=where, command=mask(ctx, what))
         ok = False
         try:

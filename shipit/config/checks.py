@@ -1,13 +1,14 @@
 """Checks across keys that pydantic cannot make field by field: linked paths that would escape
-shared/, and job `after:` lists naming unknown jobs or going round in a circle (the restart
-order after a deploy would be undefined)."""
+shared/, job `after:` lists naming unknown jobs or going round in a circle (the restart
+order after a deploy would be undefined), and hook `roles:` naming a role no host has (the
+hook would silently never run)."""
 
 from __future__ import annotations
 
 import posixpath
 
-from shipit.config.explain import suggest
-from shipit.config.model import Config, JobDefinition, StageEntry
+from shipit.config.explain import closest, suggest
+from shipit.config.model import Config, HookSpec, HostEntry, JobDefinition, StageEntry
 from shipit.config.source_map import LineMap, Path, fmt_path, one_line
 from shipit.errors import ConfigError
 
@@ -72,3 +73,37 @@ def _visit(
         _visit(before, definitions, trail, done, stage, stage_name, lines)
     trail.pop()
     done.add(job)
+
+
+def stage_roles(stage: StageEntry) -> list[str]:
+    """Every role a stage gives its hosts, on the hosts themselves or in its `roles:` map."""
+    found = [r for h in stage.hosts if isinstance(h, HostEntry) for r in h.roles]
+    return list(dict.fromkeys([*found, *stage.roles]))
+
+
+def _check_roles(
+    hooks: dict[str, list[HookSpec]], base: Path, known: list[str], whose: str, lines: LineMap
+) -> None:
+    listed = ", ".join(known) if known else "none defined"
+    for point, steps in hooks.items():
+        for index, spec in enumerate(steps):
+            for r_index, role in enumerate(spec.roles):
+                if role in known:
+                    continue
+                close = closest(role, known)
+                hint = f"did you mean {close!r}? " if close else ""
+                path = (*base, point, index, "roles", r_index)
+                raise _fail(lines, path, f"no host {whose}has role {role!r} ({hint}roles: {listed})")
+
+
+def check_hook_roles(config: Config, lines: LineMap) -> None:
+    """A hook limited to roles that no host has would never run, whatever is deployed: a typo.
+    Top-level hooks may name a role of any stage; a stage's own hooks one of that stage."""
+    every: list[str] = []
+    for stage in config.stages.values():
+        every += stage_roles(stage)
+    _check_roles(config.hooks, ("hooks",), list(dict.fromkeys(every)), "", lines)
+    for name, stage in config.stages.items():
+        _check_roles(
+            stage.hooks, ("stages", name, "hooks"), stage_roles(stage), f"of stage {name!r} ", lines
+        )

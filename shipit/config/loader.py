@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from shipit.config.checks import check_hook_roles
 from shipit.config.explain import describe, explain
 from shipit.config.model import HOOK_POINTS, Config
 from shipit.config.source_map import LineMap, attach, fmt_path, one_line, read_yaml
@@ -100,6 +101,7 @@ def load_config(path: Path | str, *, environ: Mapping[str, str] | None = None) -
     except ValidationError as exc:
         raise ConfigError(explain(exc, Config, data, lines)) from None
     _check_hook_points(data, lines)
+    check_hook_roles(config, lines)
     if not config.stages:
         raise ConfigError(f"{lines.where(('stages',))}: stages: define at least one stage")
     attach(config, lines)

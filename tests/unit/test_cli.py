@@ -109,6 +109,42 @@ def test_bad_config_is_one_line_naming_file_and_line(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("adapter", "message"),
+    [
+        (
+            "    - type: sidekiq\n",
+            "shipit.yaml:13: jobs.adapters[0].type: unknown adapter 'sidekiq'"
+            " (use one of cron, systemd, command, rq, celery)",
+        ),
+        (
+            "    - type: rq\n      queus: [default]\n",
+            "shipit.yaml:14: jobs.adapters[0].queus: unknown key (did you mean 'queues'?)",
+        ),
+    ],
+    ids=["type", "key"],
+)
+def test_bad_adapter_is_one_line_naming_the_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, adapter: str, message: str
+) -> None:
+    write_config(tmp_path / "shipit.yaml", CONFIG + "jobs:\n  adapters:\n" + adapter)
+    code, out, err = shipit(capsys, "config", "demo")
+    assert (code, out, err) == (2, "", f"shipit: error: {message}\n")
+
+
+def test_hook_role_no_host_has_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    hook = "hooks:\n  after_release:\n    - task: migrate\n      roles: [db]\n"
+    write_config(tmp_path / "shipit.yaml", CONFIG + hook)
+    code, out, err = shipit(capsys, "config", "demo")
+    assert (code, out) == (2, "")
+    assert err == (
+        "shipit: error: shipit.yaml:14: hooks.after_release[0].roles[0]: no host has role 'db'"
+        " (roles: none defined)\n"
+    )
+
+
 def test_yaml_syntax_error_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (tmp_path / "shipit.yaml").write_text("application: [unclosed\nstages: {}\n")
     code, _, err = shipit(capsys, "check", "demo")
