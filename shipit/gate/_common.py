@@ -21,7 +21,16 @@ from typing import Any
 
 from shipit import crypto
 from shipit.errors import CorruptState, FencingError, GateHeld, ShipitError
-from shipit.gate.base import ALL_STATES, FINAL_STATES, SCHEMA_VERSION, Lease, Run
+from shipit.gate.base import (
+    ALL_STATES,
+    FINAL_STATES,
+    GIVEN_UP,
+    RESTARTABLE_STATES,
+    SCHEMA_VERSION,
+    Lease,
+    RestartClaim,
+    Run,
+)
 
 RUN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Run))
 # Fields kept as JSON text in SQL columns (structured values).
@@ -32,6 +41,8 @@ LEASE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Lease))
 
 # Poll period for waits that cannot be event-driven by the OS (flock has no timeout).
 POLL = 0.02
+# How long a supervisor keeps trying for a restart hold: probers hold the lock for an instant.
+HOLD_WAIT = 1.0
 
 
 class RunBusy(ShipitError):
@@ -40,9 +51,37 @@ class RunBusy(ShipitError):
     exit_code = 75
 
 
+class AlreadyContinued(ShipitError):
+    """Another run already continues this one: `claim()` with `continues` is unique per run, so a
+    supervisor spawned twice for the same restart (a re-spawn racing a slow first spawn) finds out
+    here and runs nothing. Not a failure: `shipit job run` says so and exits 0."""
+
+    exit_code = 0
+
+    def __init__(self, continued: str, by: str) -> None:
+        super().__init__(f"run {continued} is already continued by run {by}")
+        self.continued = continued
+        self.by = by
+
+
 def new_run_id() -> str:
     """Time-ordered ids so that a directory listing sorts oldest first."""
     return f"{time.time_ns() // 1000:015x}{secrets.token_hex(4)}"
+
+
+def orphaned(claim: RestartClaim, grace: float) -> bool:
+    """A restart claim nobody is acting on: nothing holds it, and its supervisor has had `grace`
+    seconds to start and take the hold. (Whether a run continues it is checked apart.)"""
+    return not claim.held and claim.age >= grace
+
+
+def respawn_reason(claim: RestartClaim) -> str:
+    """Why a restart is re-spawned, for the audit trail and the event."""
+    return (
+        f"run {claim.run_id}: its restart, claimed {claim.age:.1f}s earlier at epoch "
+        f"{claim.epoch}, has no run continuing it and no live process holding it (the spawned "
+        "supervisor died or never started)"
+    )
 
 
 def fmt_ts(ts: float) -> str:
@@ -155,6 +194,13 @@ def opened_lease(current: Lease, epoch: int | None, now: float, force: bool) -> 
 def check_final(state: str) -> None:
     if state not in FINAL_STATES:
         raise ValueError(f"not a final run state: {state!r}")
+
+
+def may_finish(current: str, new: str) -> bool:
+    """The first final state is kept, but for one verdict: a stopped run (checkpointed or
+    interrupted) that reached max_restarts is given up instead of being restarted, and must then
+    read as given up, or every reconcile would take it for a restart still owed."""
+    return current not in FINAL_STATES or (new == GIVEN_UP and current in RESTARTABLE_STATES)
 
 
 # -- run encoding ---------------------------------------------------------------------------------
@@ -303,6 +349,37 @@ class RunLocks:
             raise
         with self._mu:
             self._held[run_id] = fd
+
+    def try_hold(self, run_id: str, wait: float) -> bool:
+        """hold(), retried for up to `wait` seconds while another process has the lock: probers
+        (is_held) take it for an instant, and a holder-to-be must not take that for a rival.
+        False when someone still holds it after `wait`."""
+        if self.holds(run_id):
+            return True
+        deadline = time.monotonic() + max(0.0, wait)
+        while True:
+            try:
+                self.hold(run_id)
+            except BlockingIOError:
+                pass
+            else:
+                if self._still_linked(run_id):
+                    return True
+                # Unlinked between our open and our lock (its claim was settled meanwhile):
+                # a lock on a nameless inode would read as free to every prober.
+                self.release(run_id)
+                continue
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL)
+
+    def _still_linked(self, run_id: str) -> bool:
+        with self._mu:
+            fd = self._held[run_id]
+        try:
+            return os.stat(self.path(run_id)).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
 
     def release(self, run_id: str, *, unlink: bool = False) -> None:
         with self._mu:

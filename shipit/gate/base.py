@@ -12,6 +12,10 @@ Protocol (see docs/ARCHITECTURE.md and ../shared/DESIGN.md "The gate"):
 - A lease whose `expires_at` has passed counts as open. Only the holder's epoch may renew,
   reopen, request stops or claim restarts (FencingError otherwise); `force=True` overrides and
   is written to the audit trail.
+- A restart claim is taken once per run (`claim_restart`); the supervisor it spawns holds it
+  (`hold_restart`) until its own claim commits, so a claim whose holder died before that can be
+  told apart from a pending one and re-taken, once (`retake_restart`). `claim()` with
+  `continues` set is unique per continued run, so a re-spawn can never run a job twice.
 - Times are seconds since the epoch (float). PostgreSQL uses the server's clock.
 """
 
@@ -22,7 +26,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+# 2: unique continuations (claim() with `continues`), restart claims held by their supervisor
+# and re-taken when it died (respawns). Older stores are upgraded when first opened.
+SCHEMA_VERSION = 2
 
 # Run states. A run moves waiting -> running -> finished | failed | stop_requested, and a stopped
 # run ends checkpointed | interrupted. A deploy restarts checkpointed/interrupted runs as NEW runs
@@ -109,6 +115,18 @@ class Run:
 
 
 @dataclass(frozen=True)
+class RestartClaim:
+    """A restart claim as the store sees it now."""
+
+    run_id: str
+    epoch: int  # gate epoch it was taken (or last re-taken) at
+    claimed_at: float  # when it was taken or last re-taken (the store's clock)
+    age: float  # seconds since claimed_at, by the store's clock
+    held: bool  # a live supervisor holds it (lock held / hold heartbeat fresh)
+    respawns: int = 0  # times it was re-taken because nothing had continued the run
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     ts: float
     action: str  # close | reopen | renew-lost | force-close | force-open | restart | give-up ...
@@ -156,7 +174,9 @@ class Store(ABC):
     def claim(self, spec: ClaimSpec) -> Run | Lease:
         """Atomically: if the gate is open insert a RUNNING run and return it; if closed return
         the closing Lease (nothing inserted). For the file backend the returned run's lock is
-        held by this process until `finish()` / `release_run_lock()`."""
+        held by this process until `finish()` / `release_run_lock()`. With `spec.continues` set,
+        at most one run ever continues a given run: a later claim raises AlreadyContinued
+        (shipit.gate._common) naming the run that does, and inserts nothing."""
 
     @abstractmethod
     def heartbeat(
@@ -210,6 +230,34 @@ class Store(ABC):
     def claim_restart(self, run_id: str, epoch: int) -> bool:
         """Exactly-once restart: True for the first caller for this run_id (a unique claim row
         keyed by run id, recording the epoch); False for every later caller. Audited."""
+
+    @abstractmethod
+    def restart_claims(self, run_ids: Iterable[str]) -> dict[str, RestartClaim]:
+        """The restart claims of these runs (runs without one are left out)."""
+
+    @abstractmethod
+    def hold_restart(self, run_id: str) -> bool:
+        """Called by the supervisor spawned for a restart, before it claims its run: hold the
+        restart claim so that it reads as pending, not dead (file/SQLite: a lock held by this
+        process; PostgreSQL: a heartbeat, see refresh_restart_hold). False when another live
+        process holds it already. True also when the run has no restart claim (a continuation
+        started by hand): there is nothing to hold then."""
+
+    @abstractmethod
+    def refresh_restart_hold(self, run_id: str) -> None:
+        """Keep a held restart claim fresh while waiting (PostgreSQL); a lock needs nothing."""
+
+    @abstractmethod
+    def release_restart_hold(self, run_id: str, *, continued: bool) -> None:
+        """Let go of the hold. `continued`: a run now continues this one (ours or another's), so
+        the claim will never be judged again and its lock file may go."""
+
+    @abstractmethod
+    def retake_restart(self, run_id: str, epoch: int, *, grace: float) -> RestartClaim | None:
+        """Re-take an orphaned restart claim, atomically, at most once per orphaning: only when
+        the run is still checkpointed/interrupted, no run continues it, nothing holds the claim
+        and the claim is at least `grace` seconds old. Returns the claim as it was (the caller re-spawns), None otherwise. FencingError
+        unless `epoch` is the gate's current epoch. Audited `restart-respawn`."""
 
     @abstractmethod
     def audit(self, action: str, actor: str, epoch: int, reason: str = "", forced: bool = False) -> None: ...

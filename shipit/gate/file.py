@@ -10,12 +10,19 @@ Layout (dirs 0700, files 0600):
   runs.lock         LOCK_EX around read-modify-write of a run file (job and deploy both write)
   runs/<id>.json    one run, atomically rewritten
   runs/<id>.lock    held LOCK_EX by the claiming process for the run's life (liveness)
-  restarts/<id>     restart claims, created O_CREAT|O_EXCL (exactly once)
+  restarts/<id>     restart claims, created exclusively (exactly once), rewritten when re-taken
+  restarts/<id>.lock  held LOCK_EX by the supervisor spawned for that restart until it claimed
+  continued/<id>    the id of the one run that continues run <id>, created exclusively
   audit.jsonl       appended JSON lines
+
+Files that must appear whole and only once (restart claims, continuation markers) are written to
+a temp file and link(2)ed into place: like O_EXCL, link fails when the name exists, and unlike
+O_CREAT|O_EXCL followed by a write, nobody can ever read the file half-written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -33,6 +40,7 @@ from shipit.gate.base import (
     ACTIVE_STATES,
     FINAL_STATES,
     INTERRUPTED,
+    RESTARTABLE_STATES,
     RUNNING,
     SCHEMA_VERSION,
     STOP_REQUESTED,
@@ -40,30 +48,56 @@ from shipit.gate.base import (
     AuditEntry,
     ClaimSpec,
     Lease,
+    RestartClaim,
     Run,
     Store,
 )
 
 
-def _write_atomic(path: str, data: bytes, *, sync_dir: bool = False) -> None:
+def _write_temp(path: str, data: bytes) -> str:
     tmp = f"{path}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        c.remove(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _sync_dir(path: str) -> None:
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _write_atomic(path: str, data: bytes, *, sync_dir: bool = False) -> None:
+    tmp = _write_temp(path, data)
     try:
         os.replace(tmp, path)
     except BaseException:
         c.remove(tmp)
         raise
     if sync_dir:
-        dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _sync_dir(path)
+
+
+def _write_new(path: str, data: bytes) -> bool:
+    """Create `path` whole with `data`, only if it does not exist. False when it does."""
+    tmp = _write_temp(path, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        c.remove(tmp)
+    _sync_dir(path)
+    return True
 
 
 class FileStore(Store):
@@ -75,11 +109,13 @@ class FileStore(Store):
         self.dir = os.path.abspath(directory)
         self.heartbeat_stale = heartbeat_stale
         try:
-            for sub in ("", "runs", "restarts"):
+            for sub in ("", "runs", "restarts", "continued"):
                 c.ensure_private_dir(os.path.join(self.dir, sub))
         except OSError as e:
             raise StoreUnavailable(f"cannot open the job store {self.dir}: {e.strerror}") from None
         self.locks = c.RunLocks(os.path.join(self.dir, "runs"))
+        # Restart holds: taken by the supervisor a restart spawned, until its claim commits.
+        self.holds = c.RunLocks(os.path.join(self.dir, "restarts"))
         self._mu = threading.RLock()  # flock is per open file: serialise this object's threads
         self._gate_path = os.path.join(self.dir, "gate.json")
         with self._flock("writer.lock", fcntl.LOCK_EX):
@@ -96,6 +132,34 @@ class FileStore(Store):
                 except ValueError:
                     raise CorruptState(f"{schema}: not a schema version: {raw[:40]!r}") from None
                 c.check_schema(version, self.dir)
+                if version < SCHEMA_VERSION:
+                    self._migrate(version)
+                    _write_atomic(schema, f"{SCHEMA_VERSION}\n".encode(), sync_dir=True)
+
+    def _migrate(self, version: int) -> None:
+        """Upgrade an older store in place (under writer.lock, so once)."""
+        if version < 2:
+            self._mark_existing_continuations()
+
+    def _mark_existing_continuations(self) -> None:
+        """Schema 2: runs that continue another get their marker, so that a continuation claimed
+        before the upgrade still blocks a second one."""
+        with self._flock("runs.lock", fcntl.LOCK_EX):
+            by: dict[str, str] = {}
+            # Unreadable run files are skipped here: list_runs reports them, naming each.
+            for run in sorted(self._scan_runs(strict=False), key=lambda r: (r.created_at, r.id)):
+                if run.continues is None:
+                    continue
+                if run.continues in by:
+                    raise CorruptState(
+                        f"{self.dir}: runs {by[run.continues]} and {run.id} both continue run "
+                        f"{run.continues}; remove the one that should not count (runs/<id>.json) "
+                        "before this shipit can use the store"
+                    )
+                by[run.continues] = run.id
+            for continued, run_id in by.items():
+                with contextlib.suppress(KeyError):  # an id that cannot be a file name
+                    _write_new(self._marker_path(continued), run_id.encode())
 
     # -- plumbing -----------------------------------------------------------------------------
     @contextmanager
@@ -297,15 +361,53 @@ class FileStore(Store):
                     env=dict(spec.env), epoch=lease.epoch, created_at=now, started_at=now,
                     heartbeat_at=now, continues=spec.continues, restarts=spec.restarts,
                 )
-                if spec.key is None:
+                if spec.key is None and spec.continues is None:
                     self._save_run(run)
                 else:
+                    # Key and continuation checks read other runs: under runs.lock, like every
+                    # other read-modify-write of run files, so two claims cannot both pass.
                     with self._flock("runs.lock", fcntl.LOCK_EX):
-                        self._check_key(spec.key)
-                        self._save_run(run)
+                        if spec.key is not None:
+                            self._check_key(spec.key)
+                        self._save_continuation(run) if spec.continues else self._save_run(run)
             return run
         except BaseException:
             self.locks.release(run_id, unlink=True)
+            raise
+
+    def _marker_path(self, run_id: str) -> str:
+        self._run_path(run_id)  # the same rules: it becomes a file name
+        return os.path.join(self.dir, "continued", run_id)
+
+    def _continued_by(self, run_id: str) -> str | None:
+        """The run that continues `run_id`. A marker whose run file never got written (its claimer
+        died in between, runs.lock being held by nobody now) does not count."""
+        try:
+            with open(self._marker_path(run_id), encoding="utf-8") as f:
+                other = f.read().strip()
+        except (FileNotFoundError, KeyError):
+            return None
+        try:
+            return other if os.path.exists(self._run_path(other)) else None
+        except KeyError:
+            return None
+
+    def _save_continuation(self, run: Run) -> None:
+        """Write a run that continues another, unless one already does (under runs.lock)."""
+        assert run.continues is not None
+        try:
+            marker = self._marker_path(run.continues)
+        except KeyError:
+            raise ValueError(f"continues: {run.continues!r} is not a run id") from None
+        by = self._continued_by(run.continues)
+        if by is not None:
+            raise c.AlreadyContinued(run.continues, by)
+        if not _write_new(marker, run.id.encode()):
+            _write_atomic(marker, run.id.encode(), sync_dir=True)  # a dead claimer's marker
+        try:
+            self._save_run(run)
+        except BaseException:
+            c.remove(marker)
             raise
 
     def _check_key(self, key: str) -> None:
@@ -341,10 +443,12 @@ class FileStore(Store):
         c.check_final(state)
         with self._flock("runs.lock", fcntl.LOCK_EX):
             run = self._load_run(self._run_path(run_id))
-            if run.state not in FINAL_STATES:
-                run = replace(
-                    run, state=state, finished_at=time.time(), exit_code=exit_code, message=message
-                )
+            if c.may_finish(run.state, state):
+                if run.state in FINAL_STATES:  # given up after it ended: keep how it ended
+                    run = replace(run, state=state, message=message)
+                else:
+                    run = replace(run, state=state, finished_at=time.time(), exit_code=exit_code,
+                                  message=message)
                 self._save_run(run)
         self.locks.release(run_id, unlink=True)
         return run
@@ -399,24 +503,83 @@ class FileStore(Store):
         self.locks.wait_any_free(run_ids, timeout)
 
     def claim_restart(self, run_id: str, epoch: int) -> bool:
-        self._run_path(run_id)  # validates the id (it becomes a file name)
+        path = self._claim_path(run_id)
         lease = self._read_gate()
         if lease.epoch != epoch:
             raise FencingError(
                 f"cannot restart run {run_id}: the gate is at epoch {lease.epoch}, not {epoch}"
             )
-        path = os.path.join(self.dir, "restarts", run_id)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
+        doc = {"epoch": epoch, "ts": time.time(), "respawns": 0}
+        if not _write_new(path, json.dumps(doc).encode()):
             return False
-        try:
-            os.write(fd, json.dumps({"epoch": epoch, "ts": time.time()}).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         self._audit("restart", lease.holder or "shipit", epoch, f"run {run_id}", False)
         return True
+
+    def _claim_path(self, run_id: str) -> str:
+        self._run_path(run_id)  # validates the id (it becomes a file name)
+        return os.path.join(self.dir, "restarts", run_id)
+
+    def _restart_claim(self, run_id: str, now: float) -> RestartClaim | None:
+        path = self._claim_path(run_id)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        try:
+            doc = json.loads(raw)
+            epoch, ts, respawns = int(doc["epoch"]), float(doc["ts"]), int(doc.get("respawns", 0))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            # Claim files written before schema 2 could be cut short by a crash: the claim was
+            # taken, its details are lost. Its file's age is all there is to go by.
+            epoch, ts, respawns = 0, st.st_mtime, 0
+        held = self.holds.is_held(run_id)
+        return RestartClaim(run_id, epoch, ts, now - ts, held, respawns)
+
+    def restart_claims(self, run_ids: Iterable[str]) -> dict[str, RestartClaim]:
+        now = time.time()
+        out = {}
+        for run_id in run_ids:
+            claim = self._restart_claim(run_id, now)
+            if claim is not None:
+                out[run_id] = claim
+        return out
+
+    def hold_restart(self, run_id: str) -> bool:
+        self._claim_path(run_id)
+        return self.holds.try_hold(run_id, c.HOLD_WAIT)
+
+    def refresh_restart_hold(self, run_id: str) -> None:
+        """Nothing to refresh: the lock is held for as long as this process lives."""
+
+    def release_restart_hold(self, run_id: str, *, continued: bool) -> None:
+        self.holds.release(run_id, unlink=continued)
+
+    def retake_restart(self, run_id: str, epoch: int, *, grace: float) -> RestartClaim | None:
+        path = self._claim_path(run_id)
+        lease = self._read_gate()
+        if lease.epoch != epoch:
+            raise FencingError(
+                f"cannot restart run {run_id}: the gate is at epoch {lease.epoch}, not {epoch}"
+            )
+        # Under runs.lock: continuation claims write their marker under it, and two re-takes
+        # are serialised, so the second sees the first's fresh timestamp and backs off.
+        with self._flock("runs.lock", fcntl.LOCK_EX):
+            now = time.time()
+            claim = self._restart_claim(run_id, now)
+            if claim is None or not c.orphaned(claim, grace) or self._continued_by(run_id):
+                return None
+            try:
+                if self._load_run(self._run_path(run_id)).state not in RESTARTABLE_STATES:
+                    return None  # given up (or never stopped): nothing to start again
+            except KeyError:
+                return None
+            doc = {"epoch": epoch, "ts": now, "respawns": claim.respawns + 1}
+            _write_atomic(path, json.dumps(doc).encode(), sync_dir=True)
+        self._audit("restart-respawn", lease.holder or "shipit", epoch,
+                    c.respawn_reason(claim), False)
+        return claim
 
     def audit(self, action: str, actor: str, epoch: int, reason: str = "", forced: bool = False) -> None:
         self._audit(action, actor, epoch, reason, forced)
@@ -466,3 +629,4 @@ class FileStore(Store):
 
     def close(self) -> None:
         self.locks.close()
+        self.holds.close()

@@ -32,6 +32,8 @@ from shipit.gate import _common as c
 from shipit.gate.base import (
     ACTIVE_STATES,
     FINAL_STATES,
+    GIVEN_UP,
+    RESTARTABLE_STATES,
     RUNNING,
     SCHEMA_VERSION,
     STOP_REQUESTED,
@@ -39,6 +41,7 @@ from shipit.gate.base import (
     AuditEntry,
     ClaimSpec,
     Lease,
+    RestartClaim,
     Run,
     Store,
 )
@@ -52,7 +55,7 @@ GATE_CHANNEL = "shipit_gate"
 RUNS_CHANNEL = "shipit_runs"
 NOW = "extract(epoch from clock_timestamp())::float8"
 
-SCHEMA = f"""
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS shipit_schema (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS shipit_gate (
   id integer PRIMARY KEY CHECK (id = 1), state text NOT NULL, epoch bigint NOT NULL,
@@ -78,8 +81,21 @@ CREATE TABLE IF NOT EXISTS shipit_audit (
   epoch bigint NOT NULL, reason text NOT NULL, forced boolean NOT NULL
 );
 INSERT INTO shipit_gate VALUES (1, 'open', 0, '', '', '', 0, 0) ON CONFLICT DO NOTHING;
-INSERT INTO shipit_schema SELECT {SCHEMA_VERSION} WHERE NOT EXISTS (SELECT 1 FROM shipit_schema);
+INSERT INTO shipit_schema SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM shipit_schema);
 """
+
+# version -> the DDL taking a store from version-1 to it. SCHEMA above is version 1 and stays
+# so: a new store is created at 1 and upgraded like an old one.
+MIGRATIONS: dict[int, str] = {
+    # Unique continuations; restart claims held by their spawned supervisor through a heartbeat
+    # (held_at by holder; a session lock would not survive PgBouncer's transaction pooling).
+    2: """
+ALTER TABLE shipit_restarts ADD COLUMN IF NOT EXISTS held_at float8,
+  ADD COLUMN IF NOT EXISTS holder text, ADD COLUMN IF NOT EXISTS respawns integer NOT NULL DEFAULT 0;
+CREATE UNIQUE INDEX IF NOT EXISTS shipit_runs_continues ON shipit_runs (continues)
+  WHERE continues IS NOT NULL;
+""",
+}
 
 _COLS = sql.SQL(", ").join(sql.Identifier(k) for k in c.RUN_FIELDS)
 _SELECT_RUN = sql.SQL("SELECT {} FROM shipit_runs").format(_COLS)
@@ -102,6 +118,7 @@ class PostgresStore(Store):
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._listen_mu = threading.Lock()
         self._listener: psycopg.Connection[Any] | None = None
+        self._hold_tokens: dict[str, str] = {}  # restart holds this object took: run id -> token
         self._with_retry(self._init_schema)
 
     def __repr__(self) -> str:
@@ -161,9 +178,39 @@ class PostgresStore(Store):
             # Serialised so that concurrent first uses do not race on CREATE TABLE.
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_KEY,))
             cur.execute(SCHEMA)
+        version = self._schema_version(cur)
+        if version < SCHEMA_VERSION:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_KEY,))
+            self._migrate(cur, self._schema_version(cur))  # re-read: another opener may be done
+
+    def _schema_version(self, cur: psycopg.Cursor[dict[str, Any]]) -> int:
         cur.execute("SELECT max(version) AS v FROM shipit_schema")
         row = cur.fetchone()
-        c.check_schema(int(row["v"] if row and row["v"] is not None else 0), f"job store {redact(self._dsn)}")
+        version = int(row["v"] if row and row["v"] is not None else 0)
+        c.check_schema(version, f"job store {redact(self._dsn)}")
+        return version
+
+    def _migrate(self, cur: psycopg.Cursor[dict[str, Any]], version: int) -> None:
+        """Bring the store up to SCHEMA_VERSION in this transaction (DDL is transactional)."""
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            if target == 2:
+                self._refuse_double_continuations(cur)
+            cur.execute(MIGRATIONS[target])
+        if version < SCHEMA_VERSION:
+            cur.execute("UPDATE shipit_schema SET version = %s", (SCHEMA_VERSION,))
+
+    def _refuse_double_continuations(self, cur: psycopg.Cursor[dict[str, Any]]) -> None:
+        cur.execute(
+            "SELECT continues, string_agg(id, ', ') AS ids FROM shipit_runs "
+            "WHERE continues IS NOT NULL GROUP BY continues HAVING count(*) > 1 LIMIT 1"
+        )
+        dup = cur.fetchone()
+        if dup is not None:
+            raise CorruptState(
+                f"job store {redact(self._dsn)}: runs {dup['ids']} all continue run "
+                f"{dup['continues']}; delete the ones that should not count before this shipit "
+                "can use the store"
+            )
 
     @staticmethod
     def _now(cur: psycopg.Cursor[dict[str, Any]]) -> float:
@@ -324,12 +371,19 @@ class PostgresStore(Store):
                 heartbeat_at=now, continues=spec.continues, restarts=spec.restarts,
             )
             r = c.run_to_row(run)
+            # A second continuation of the same run is skipped by the partial unique index (a
+            # racing one is waited for), then named.
             cur.execute(
-                sql.SQL("INSERT INTO shipit_runs ({}) VALUES ({})").format(
-                    _COLS, sql.SQL(", ").join(sql.Placeholder() * len(c.RUN_FIELDS))
-                ),
+                sql.SQL(
+                    "INSERT INTO shipit_runs ({}) VALUES ({}) "
+                    "ON CONFLICT (continues) WHERE continues IS NOT NULL DO NOTHING"
+                ).format(_COLS, sql.SQL(", ").join(sql.Placeholder() * len(c.RUN_FIELDS))),
                 tuple(r[k] for k in c.RUN_FIELDS),
             )
+            if cur.rowcount != 1:
+                cur.execute("SELECT id FROM shipit_runs WHERE continues = %s", (spec.continues,))
+                other = cur.fetchone()
+                raise c.AlreadyContinued(str(spec.continues), other["id"] if other else "?")
             return run
 
         return self._with_retry(tx)
@@ -386,10 +440,15 @@ class PostgresStore(Store):
         c.check_final(state)
 
         def tx(cur: psycopg.Cursor[dict[str, Any]]) -> Run:
+            # See c.may_finish. A run given up after it ended keeps its end time and exit code.
             cur.execute(
-                f"UPDATE shipit_runs SET state = %s, finished_at = {NOW}, exit_code = %s, "
-                "message = %s WHERE id = %s AND NOT (state = ANY(%s))",
-                (state, exit_code, message, run_id, _FINAL),
+                "UPDATE shipit_runs SET state = %(state)s, message = %(msg)s, "
+                f"finished_at = CASE WHEN state = ANY(%(final)s) THEN finished_at ELSE {NOW} END, "
+                "exit_code = CASE WHEN state = ANY(%(final)s) THEN exit_code ELSE %(code)s END "
+                "WHERE id = %(id)s AND (NOT (state = ANY(%(final)s)) "
+                "OR (%(state)s = %(given_up)s AND state = ANY(%(stopped)s)))",
+                {"state": state, "msg": message, "final": _FINAL, "code": exit_code, "id": run_id,
+                 "given_up": GIVEN_UP, "stopped": list(RESTARTABLE_STATES)},
             )
             self._notify_run(cur, run_id)
             return self._run(cur, run_id)
@@ -527,6 +586,111 @@ class PostgresStore(Store):
             cur.execute("SELECT token FROM shipit_restarts WHERE run_id = %s", (run_id,))
             row = cur.fetchone()
             return bool(row and row["token"] == token)
+
+        return self._with_retry(tx)
+
+    def _claim_of(self, row: dict[str, Any]) -> RestartClaim:
+        return RestartClaim(row["run_id"], int(row["epoch"]), float(row["ts"]), float(row["age"]),
+                            bool(row["held"]), int(row["respawns"]))
+
+    _CLAIM_COLS = (
+        f"run_id, epoch, ts, respawns, token, {NOW} - ts AS age, "
+        f"(held_at IS NOT NULL AND {NOW} - held_at < %(stale)s) AS held"
+    )
+
+    def restart_claims(self, run_ids: Iterable[str]) -> dict[str, RestartClaim]:
+        ids = list(run_ids)
+
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, RestartClaim]:
+            cur.execute(
+                f"SELECT {self._CLAIM_COLS} FROM shipit_restarts WHERE run_id = ANY(%(ids)s)",
+                {"stale": self.heartbeat_stale, "ids": ids},
+            )
+            return {r["run_id"]: self._claim_of(r) for r in cur.fetchall()}
+
+        return self._with_retry(tx) if ids else {}
+
+    def hold_restart(self, run_id: str) -> bool:
+        token = self._hold_tokens.setdefault(run_id, secrets.token_hex(8))
+
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> bool:
+            # Ours already (a retry), free, or held by a holder whose heartbeat went stale.
+            cur.execute(
+                f"UPDATE shipit_restarts SET held_at = {NOW}, holder = %(token)s "
+                f"WHERE run_id = %(id)s AND (holder = %(token)s OR held_at IS NULL "
+                f"OR {NOW} - held_at >= %(stale)s)",
+                {"token": token, "id": run_id, "stale": self.heartbeat_stale},
+            )
+            if cur.rowcount == 1:
+                return True
+            cur.execute("SELECT 1 FROM shipit_restarts WHERE run_id = %s", (run_id,))
+            return cur.fetchone() is None  # no claim: a continuation started by hand
+
+        return self._with_retry(tx)
+
+    def refresh_restart_hold(self, run_id: str) -> None:
+        token = self._hold_tokens.get(run_id)
+        if token is None:
+            return
+        self._with_retry(lambda cur: cur.execute(
+            f"UPDATE shipit_restarts SET held_at = {NOW} WHERE run_id = %s AND holder = %s",
+            (run_id, token),
+        ))
+
+    def release_restart_hold(self, run_id: str, *, continued: bool) -> None:
+        token = self._hold_tokens.pop(run_id, None)
+        if token is None:
+            return
+        # Released, not left to go stale: a supervisor that gave up (exit 75) can be re-spawned
+        # without waiting out heartbeat_stale.
+        self._with_retry(lambda cur: cur.execute(
+            "UPDATE shipit_restarts SET held_at = NULL, holder = NULL "
+            "WHERE run_id = %s AND holder = %s",
+            (run_id, token),
+        ))
+
+    def retake_restart(self, run_id: str, epoch: int, *, grace: float) -> RestartClaim | None:
+        token = secrets.token_hex(8)
+        before: list[RestartClaim] = []
+
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> RestartClaim | None:
+            lease = self._gate(cur, "FOR SHARE")
+            if lease.epoch != epoch:
+                raise FencingError(
+                    f"cannot restart run {run_id}: the gate is at epoch {lease.epoch}, not {epoch}"
+                )
+            # FOR UPDATE serialises re-takes: the second one reads the first one's fresh ts.
+            cur.execute(
+                f"SELECT {self._CLAIM_COLS} FROM shipit_restarts WHERE run_id = %(id)s FOR UPDATE",
+                {"stale": self.heartbeat_stale, "id": run_id},
+            )
+            row = cur.fetchone()
+            if row is None:
+                return None
+            if row["token"] == token:
+                return before[0]  # a retry after our commit's acknowledgement was lost
+            claim = self._claim_of(row)
+            cur.execute(
+                "SELECT EXISTS (SELECT 1 FROM shipit_runs WHERE continues = %(id)s) AS continued, "
+                "(SELECT state FROM shipit_runs WHERE id = %(id)s) AS state",
+                {"id": run_id},
+            )
+            now = cur.fetchone()
+            assert now
+            if (now["continued"] or now["state"] not in RESTARTABLE_STATES
+                    or not c.orphaned(claim, grace)):
+                return None
+            cur.execute(
+                f"UPDATE shipit_restarts SET epoch = %s, ts = {NOW}, token = %s, held_at = NULL, "
+                "holder = NULL, respawns = respawns + 1 WHERE run_id = %s AND token = %s",
+                (epoch, token, run_id, row["token"]),
+            )
+            if cur.rowcount != 1:
+                return None
+            before[:] = [claim]
+            self._audit(cur, "restart-respawn", lease.holder or "shipit", epoch,
+                        c.respawn_reason(claim), False)
+            return claim
 
         return self._with_retry(tx)
 

@@ -7,7 +7,12 @@ open has committed, and every later claim sees it closed. That is the barrier; n
 is needed.
 
 Liveness is the run lock `<db dir>/runs/<id>.lock` (see shipit.gate._common.RunLocks), taken
-before the run row exists so that a listed run is never mistaken for a dead one.
+before the run row exists so that a listed run is never mistaken for a dead one. A pending
+restart is alive while its supervisor holds `<db dir>/restarts/<run id>.lock`.
+
+Schema: `_SCHEMA` is the first version's, created with IF NOT EXISTS on every open; `_MIGRATIONS`
+take a store from each version to the next inside the same BEGIN IMMEDIATE transaction, so
+concurrent first opens of an old store upgrade it once.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from shipit.gate import _common as c
 from shipit.gate.base import (
     ACTIVE_STATES,
     FINAL_STATES,
+    RESTARTABLE_STATES,
     RUNNING,
     SCHEMA_VERSION,
     STOP_REQUESTED,
@@ -32,6 +38,7 @@ from shipit.gate.base import (
     AuditEntry,
     ClaimSpec,
     Lease,
+    RestartClaim,
     Run,
     Store,
 )
@@ -62,6 +69,14 @@ CREATE TABLE IF NOT EXISTS audit (
 INSERT OR IGNORE INTO gate VALUES (1, 'open', 0, '', '', '', 0, 0);
 """
 
+# version -> statements taking a store from version-1 to it.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE restarts ADD COLUMN respawns INTEGER NOT NULL DEFAULT 0",
+        "CREATE UNIQUE INDEX runs_continues ON runs (continues) WHERE continues IS NOT NULL",
+    ),
+}
+
 _COLS = ", ".join(c.RUN_FIELDS)
 
 
@@ -75,10 +90,12 @@ class SQLiteStore(Store):
         self.heartbeat_stale = heartbeat_stale
         d = os.path.dirname(self.path)
         self.locks = c.RunLocks(os.path.join(d, "runs"))
+        self.holds = c.RunLocks(os.path.join(d, "restarts"))
         self._mu = threading.RLock()
         try:
             c.ensure_private_dir(d)
             c.ensure_private_dir(os.path.join(d, "runs"))
+            c.ensure_private_dir(os.path.join(d, "restarts"))
             if not os.path.exists(self.path):
                 os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         except OSError as e:
@@ -95,17 +112,41 @@ class SQLiteStore(Store):
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         db.execute(stmt)
-                row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                if row is None:
-                    db.execute(
-                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                    )
-                else:
-                    c.check_schema(int(row[0]), self.path)
+                self._upgrade(db)
         except sqlite3.OperationalError as e:
             raise StoreUnavailable(f"cannot open the job store {self.path}: {e}") from None
         except (sqlite3.DatabaseError, ValueError) as e:
             raise CorruptState(f"{self.path}: not a readable shipit job store ({e})") from None
+
+    def _upgrade(self, db: Any) -> None:
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            version = 1  # just created from _SCHEMA
+            db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        else:
+            version = int(row[0])
+            c.check_schema(version, self.path)
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            if target == 2:
+                self._refuse_double_continuations(db)
+            for stmt in _MIGRATIONS[target]:
+                db.execute(stmt)
+        if version < SCHEMA_VERSION:
+            db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
+
+    def _refuse_double_continuations(self, db: Any) -> None:
+        """The unique index cannot be built over two runs continuing the same one; say which."""
+        dup = db.execute(
+            "SELECT continues, group_concat(id, ', ') FROM runs WHERE continues IS NOT NULL "
+            "GROUP BY continues HAVING count(*) > 1 LIMIT 1"
+        ).fetchone()
+        if dup is not None:
+            raise CorruptState(
+                f"{self.path}: runs {dup[1]} all continue run {dup[0]}; delete the ones that "
+                "should not count before this shipit can use the store"
+            )
 
     # -- plumbing -----------------------------------------------------------------------------
     @contextmanager
@@ -243,6 +284,8 @@ class SQLiteStore(Store):
                     return lease
                 if spec.key is not None:
                     self._check_key(db, spec.key)
+                if spec.continues is not None:
+                    self._check_continues(db, spec.continues)
                 run = Run(
                     id=run_id, job=spec.job, host=spec.host, command=tuple(spec.command),
                     state=RUNNING, attempt=spec.attempt, key=spec.key, pid=spec.pid, cwd=spec.cwd,
@@ -258,6 +301,14 @@ class SQLiteStore(Store):
         except BaseException:
             self.locks.release(run_id, unlink=True)
             raise
+
+    @staticmethod
+    def _check_continues(db: Any, continued: str) -> None:
+        # The unique index is the guarantee; reading first turns it into a clear answer (the
+        # transaction holds the write lock, so nothing can slip in between).
+        row = db.execute("SELECT id FROM runs WHERE continues = ?", (continued,)).fetchone()
+        if row is not None:
+            raise c.AlreadyContinued(continued, row[0])
 
     def _check_key(self, db: Any, key: str) -> None:
         active = tuple(ACTIVE_STATES | {WAITING})
@@ -304,7 +355,10 @@ class SQLiteStore(Store):
         c.check_final(state)
         with self._tx() as db:
             run = self._run(db, run_id)
-            if run.state not in FINAL_STATES:
+            if run.state in FINAL_STATES and c.may_finish(run.state, state):
+                # Given up after it ended: keep how it ended.
+                db.execute("UPDATE runs SET state=?, message=? WHERE id=?", (state, message, run_id))
+            elif c.may_finish(run.state, state):
                 db.execute(
                     "UPDATE runs SET state=?, finished_at=?, exit_code=?, message=? WHERE id=?",
                     (state, time.time(), exit_code, message, run_id),
@@ -393,6 +447,68 @@ class SQLiteStore(Store):
                 self._audit(db, "restart", lease.holder or "shipit", epoch, f"run {run_id}", False)
         return won
 
+    def _claim_of(self, row: sqlite3.Row, now: float) -> RestartClaim:
+        run_id = str(row["run_id"])
+        return RestartClaim(run_id, int(row["epoch"]), float(row["ts"]), now - float(row["ts"]),
+                            self.holds.is_held(run_id), int(row["respawns"]))
+
+    def restart_claims(self, run_ids: Iterable[str]) -> dict[str, RestartClaim]:
+        ids = list(run_ids)
+        out: dict[str, RestartClaim] = {}
+        for i in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
+            chunk = ids[i : i + 500]
+            rows = self._read(
+                "SELECT run_id, epoch, ts, respawns FROM restarts "
+                f"WHERE run_id IN ({','.join('?' * len(chunk))})",
+                tuple(chunk),
+            )
+            now = time.time()
+            out.update((r["run_id"], self._claim_of(r, now)) for r in rows)
+        return out
+
+    def hold_restart(self, run_id: str) -> bool:
+        _check_id(run_id)
+        return self.holds.try_hold(run_id, c.HOLD_WAIT)
+
+    def refresh_restart_hold(self, run_id: str) -> None:
+        """Nothing to refresh: the lock is held for as long as this process lives."""
+
+    def release_restart_hold(self, run_id: str, *, continued: bool) -> None:
+        self.holds.release(run_id, unlink=continued)
+
+    def retake_restart(self, run_id: str, epoch: int, *, grace: float) -> RestartClaim | None:
+        _check_id(run_id)
+        with self._tx() as db:
+            lease = self._gate(db)
+            if lease.epoch != epoch:
+                raise FencingError(
+                    f"cannot restart run {run_id}: the gate is at epoch {lease.epoch}, not {epoch}"
+                )
+            row = db.execute(
+                "SELECT run_id, epoch, ts, respawns FROM restarts WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            now = time.time()
+            if row is None:
+                return None
+            claim = self._claim_of(row, now)
+            successor = db.execute("SELECT 1 FROM runs WHERE continues = ?", (run_id,)).fetchone()
+            state = db.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if (successor is not None or not c.orphaned(claim, grace)
+                    or state is None or state[0] not in RESTARTABLE_STATES):
+                return None
+            # Compare-and-swap on the timestamp; BEGIN IMMEDIATE already serialises re-takes,
+            # this keeps the update honest if that ever changes.
+            cur = db.execute(
+                "UPDATE restarts SET epoch = ?, ts = ?, respawns = respawns + 1 "
+                "WHERE run_id = ? AND ts = ?",
+                (epoch, now, run_id, row["ts"]),
+            )
+            if cur.rowcount != 1:
+                return None
+            self._audit(db, "restart-respawn", lease.holder or "shipit", epoch,
+                        c.respawn_reason(claim), False)
+        return claim
+
     def audit(self, action: str, actor: str, epoch: int, reason: str = "", forced: bool = False) -> None:
         with self._tx() as db:
             self._audit(db, action, actor, epoch, reason, forced)
@@ -429,5 +545,12 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self.locks.close()
+        self.holds.close()
         with self._mu:
             self._db.close()
+
+
+def _check_id(run_id: str) -> None:
+    """A run id names a lock file: refuse anything that could leave the directory."""
+    if not run_id or "/" in run_id or run_id.startswith("."):
+        raise KeyError(run_id)
