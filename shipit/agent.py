@@ -215,7 +215,7 @@ def _reconcile_first(store: Store, opts: dict[str, Any], out: Out) -> None:
         reconcile(
             store, actor=str(opts.get("holder") or "shipit"), spawn=_spawner(opts),
             definitions=opts.get("definitions"), max_restarts=int(opts.get("max_restarts", 5)),
-            emit=_host_emit(out, opts.get("host")),
+            emit=_host_emit(out, opts.get("host")), **_grace(opts),
         )
 
 
@@ -227,6 +227,7 @@ def op_renew(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
 def op_restart(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
     from shipit.jobs.restart import restart
 
+    started = time.monotonic()
     epoch = opts.get("epoch")
     if epoch is None:
         raise UsageError("agent restart: option 'epoch' is required")
@@ -234,9 +235,22 @@ def op_restart(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
         store, epoch=int(epoch), actor=str(opts.get("actor") or "shipit"),
         recorded=_runs_from(store, opts, out), spawn=_spawner(opts), definitions=opts.get("definitions"),
         max_restarts=int(opts.get("max_restarts", 5)), emit=_host_emit(out, opts.get("host")),
-        reopen_gate=bool(opts.get("reopen", True)),
+        reopen_gate=bool(opts.get("reopen", True)), **_grace(opts),
     )
+    if isinstance(opts.get("history"), dict):
+        _write_record(opts, out, started)
     return {"lease": store.gate().to_dict(), "outcomes": outcomes}
+
+
+def _write_record(opts: dict[str, Any], out: Out, started: float) -> None:
+    """The deploy's final record (restart_jobs is its last phase), once the restarts are done.
+    A record that cannot be written is a warning: the deploy itself went well."""
+    from shipit.history import append_final
+
+    try:
+        append_final(opts["history"], str(opts.get("deploy_to") or "."), started)
+    except (OSError, TypeError, ValueError) as exc:
+        out.event("log", message=f"could not write the deploy record: {exc}", level="warning")
 
 
 def op_reconcile(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
@@ -245,8 +259,13 @@ def op_reconcile(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]
     return reconcile(
         store, actor=str(opts.get("actor") or "shipit"), spawn=_spawner(opts),
         definitions=opts.get("definitions"), max_restarts=int(opts.get("max_restarts", 5)),
-        emit=_host_emit(out, opts.get("host")),
+        emit=_host_emit(out, opts.get("host")), **_grace(opts),
     )
+
+
+def _grace(opts: dict[str, Any]) -> dict[str, float]:
+    """`spawn_grace` when the caller set one (tests); the default lives in jobs.restart."""
+    return {} if opts.get("spawn_grace") is None else {"spawn_grace": float(opts["spawn_grace"])}
 
 
 def op_close(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:

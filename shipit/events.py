@@ -17,6 +17,8 @@ Event kinds in use (dotted, past tense for facts, `.started`/`.finished` for spa
   gate.closed / gate.reopened / gate.renewed / gate.forced   data: epoch, holder, host
   job.running         host, data: run (dict) — listed while draining
   job.stop_requested / job.stopped / job.finished / job.interrupted / job.restarted / job.given_up
+  job.restart_respawned  host, data: run, respawns; message: why (its restart was lost: the
+                      spawned supervisor died before claiming); a job.restarted follows
   release.prepared / release.switched / release.rolled_back / release.removed
   log                 message, data: level
 """

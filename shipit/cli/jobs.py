@@ -21,6 +21,8 @@ from shipit.events import EventBus
 from shipit.gate.base import ALL_STATES, Lease
 from shipit.hosts.base import Host
 from shipit.jobs.drain import describe_lease, iso
+from shipit.output.format import show_value
+from shipit.output.pager import NO_PAGER, page
 
 STAGE = click.argument("stage", metavar="STAGE")
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
@@ -118,7 +120,8 @@ class Stage:
 
 
 def _echo_event(event: Any) -> None:
-    if event.kind in ("job.restarted", "job.given_up", "job.restart_failed", "gate.reopened"):
+    if event.kind in ("job.restarted", "job.restart_respawned", "job.given_up",
+                      "job.restart_failed", "gate.reopened"):
         where = f"[{event.host}] " if event.host else ""
         job = event.data.get("job") or (event.data.get("run") or {}).get("job") or ""
         click.echo(f"{where}{event.kind} {job}".rstrip(), err=True)
@@ -297,23 +300,29 @@ def jobs_resume(stage: str, force: bool) -> None:
 @jobs.command("list")
 @STAGE
 @click.option("--state", type=click.Choice(ALL_STATES), help="Only runs in this state.")
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=100, show_default=True,
+              help="How many runs to show.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Skip the newest N runs (the next page: --offset 100).")
+@NO_PAGER
 @JSON
-def jobs_list(stage: str, state: str | None, limit: int, as_json: bool) -> None:
+def jobs_list(stage: str, state: str | None, limit: int, offset: int, no_pager: bool,
+              as_json: bool) -> None:
     """Runs, newest first."""
 
     def go(st: Stage) -> None:
-        results = st.each("list", {"state": state, "limit": limit})
+        # Each store's newest limit+offset hold the stage's newest limit+offset.
+        results = st.each("list", {"state": state, "limit": limit + offset})
         err = _first_error(results)
         if err is not None:
             raise err
         runs = [r for res in results.values() for r in res["runs"]]
         runs.sort(key=lambda r: r.get("created_at") or 0, reverse=True)
+        runs = runs[offset:offset + limit]
         if as_json:
             echo_json(runs)
             return
-        for r in runs:
-            click.echo(_run_line(r))
+        page("".join(_run_line(r) + "\n" for r in runs), pager=not no_pager)
 
     _with_stage(stage, go)
 
@@ -321,9 +330,11 @@ def jobs_list(stage: str, state: str | None, limit: int, as_json: bool) -> None:
 @jobs.command("show")
 @STAGE
 @click.argument("run", metavar="RUN")
+@click.option("--state", "with_state", is_flag=True,
+              help="Include the saved checkpoint state (it may hold the job's data).")
 @JSON
-def jobs_show(stage: str, run: str, as_json: bool) -> None:
-    """One run in full (env values are never shown)."""
+def jobs_show(stage: str, run: str, with_state: bool, as_json: bool) -> None:
+    """One run in full (env values are never shown, the checkpoint only with --state)."""
 
     def go(st: Stage) -> None:
         for target in st.targets():
@@ -331,11 +342,13 @@ def jobs_show(stage: str, run: str, as_json: bool) -> None:
                 found = st.call(target, "show", {"run": run})["run"]
             except UsageError:
                 continue
+            if not with_state and found.get("checkpoint") is not None:
+                found["checkpoint"] = "<saved>"  # as `jobs list` shows it
             if as_json:
                 echo_json(found)
             else:
                 for key, value in found.items():
-                    click.echo(f"{key:18} {value}")
+                    click.echo(f"{key:18} {show_value(key, value)}")
             return
         raise UsageError(f"no run {run!r} on stage {stage}")
 
@@ -374,7 +387,7 @@ def _reconcile_central(st: Stage) -> None:
         lease = store.gate()
         if lease.is_closed(time.time()):
             raise GateHeld(describe(lease), lease)
-        runs = leftovers(store)
+        runs = leftovers(store, wait=True)
         restart_central_runs(
             st.ctx,
             store,

@@ -43,12 +43,14 @@ def claim_when_open(
     *,
     max_wait: float,
     on_closed: Callable[[Lease], None] | None = None,
+    keepalive: Callable[[], None] | None = None,
 ) -> Run:
     """Claim a run, waiting at most `max_wait` seconds for a closed gate to reopen or expire.
 
     `on_closed` is called once per closing (per epoch), not on every wake-up, so a waiting job
-    says why it waits exactly once. Raises GateWaitTimeout (exit 75) when the wait runs out;
-    nothing is recorded in the store in that case.
+    says why it waits exactly once. `keepalive` is called before every wait (at least every
+    couple of seconds), for a heartbeat that must stay fresh meanwhile. Raises GateWaitTimeout
+    (exit 75) when the wait runs out; nothing is recorded in the store in that case.
     """
     deadline = time.monotonic() + max_wait
     announced: int | None = None
@@ -68,5 +70,7 @@ def claim_when_open(
             )
         if not store.gate().is_closed(time.time()):
             continue  # reopened (or expired) while we were announcing: claim again at once
+        if keepalive is not None:
+            keepalive()
         until_expiry = lease.expires_at - time.time() + _EXPIRY_MARGIN
         store.wait_gate_change(max(_MIN_SLICE, min(remaining, until_expiry, _MAX_SLICE)))

@@ -1,7 +1,11 @@
 """The deploy side of restarting: reopen the gate, start every recorded run again exactly once.
 
 Exactly-once is at enqueue: `store.claim_restart(run.id, epoch)` is a unique claim per run, and
-only its winner spawns. Lean imports: this runs inside the host agent.
+only its winner spawns. The spawned supervisor holds that claim until its own run is claimed; a
+claim nothing holds and no run continues, past SPAWN_GRACE, was lost with its supervisor (host
+crash, SIGKILL, store unreachable, gave up at the gate) and is re-taken by one caller
+(`store.retake_restart`) and spawned again. A duplicate spawn is harmless anyway: claiming a
+continuation is unique per run. Lean imports: this runs inside the host agent.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from shipit.errors import FencingError
+from shipit.gate._common import respawn_reason
 from shipit.gate.base import GIVEN_UP, Lease, Run, Store
 from shipit.jobs.drain import Emit, run_info
 
@@ -21,6 +26,10 @@ Spawn = Callable[[Run], dict[str, Any]]
 # How long a definition's restart_command may take (it starts a unit / enqueues, it does not run
 # the job).
 RESTART_COMMAND_TIMEOUT = 120.0
+# How long a spawned supervisor has to start and hold its restart claim before a claim nothing
+# holds counts as lost. Starting takes well under a second; too short costs only a duplicate
+# spawn, which finds the continuation taken and exits 0.
+SPAWN_GRACE = 5.0
 
 
 def definition(definitions: Mapping[str, Any] | None, job: str) -> dict[str, Any]:
@@ -77,12 +86,15 @@ def restart(
     emit: Emit,
     host: str | None = None,
     reopen_gate: bool = True,
+    spawn_grace: float = SPAWN_GRACE,
 ) -> list[dict[str, Any]]:
     """Reopen the gate (epoch-checked), then start each recorded run again, once.
 
-    Returns one outcome per run: {"run_id", "job", "outcome": restarted|given_up|already|failed}.
-    A failing spawn is reported (event `job.restart_failed`) and does not stop the others: its
-    claim is spent, so it is never started twice, and the run stays visible in `jobs list`.
+    Returns one outcome per run: {"run_id", "job", "outcome": restarted|given_up|already|failed}
+    ("respawned": true when a lost restart was spawned again). A failing spawn is reported
+    (event `job.restart_failed`) and does not stop the others; nothing holds its claim, so a
+    later reconcile spawns it again after `spawn_grace`. A failing `restart_command` is not
+    retried: shipit cannot see whether the job system started the job anyway.
     """
     if reopen_gate:
         try:
@@ -96,7 +108,8 @@ def restart(
     outcomes: list[dict[str, Any]] = []
     for run in dependency_order(recorded, definitions):
         outcomes.append(_restart_one(store, run, epoch=epoch, spawn=spawn, definitions=definitions,
-                                     max_restarts=max_restarts, emit=emit, host=host))
+                                     max_restarts=max_restarts, emit=emit, host=host,
+                                     spawn_grace=spawn_grace))
     return outcomes
 
 
@@ -110,12 +123,16 @@ def _restart_one(
     max_restarts: int,
     emit: Emit,
     host: str | None,
+    spawn_grace: float,
 ) -> dict[str, Any]:
     where = host or run.host
     base = {"run_id": run.id, "job": run.job}
-    if not store.claim_restart(run.id, epoch):
-        return {**base, "outcome": "already"}
     defn = definition(definitions, run.job)
+    respawned = False
+    if not store.claim_restart(run.id, epoch):
+        if not _retake(store, run, defn, epoch=epoch, grace=spawn_grace, emit=emit, where=where):
+            return {**base, "outcome": "already"}
+        respawned = True
     limit = defn.get("max_restarts")
     limit = max_restarts if limit is None else limit
     if run.restarts >= limit:
@@ -128,9 +145,27 @@ def _restart_one(
     except Exception as exc:  # noqa: BLE001 - one job's failure is reported, the rest go on
         emit("job.restart_failed", host=where, run=run_info(run), message=str(exc))
         return {**base, "outcome": "failed", "error": str(exc)}
+    extra = {"respawned": True} if respawned else {}
     emit("job.restarted", host=where, job=run.job, run_id=run.id, attempt=run.attempt + 1,
-         **facts)
-    return {**base, "outcome": "restarted", **facts}
+         **extra, **facts)
+    return {**base, "outcome": "restarted", **extra, **facts}
+
+
+def _retake(
+    store: Store, run: Run, defn: Mapping[str, Any], *, epoch: int, grace: float, emit: Emit,
+    where: str,
+) -> bool:
+    """The restart was claimed before: re-take it if it was lost (see the module docstring)."""
+    if defn.get("restart_command"):
+        # Started by its own job system, which shipit cannot watch: its claim is never held,
+        # and re-running the command could start the job twice.
+        return False
+    lost = store.retake_restart(run.id, epoch, grace=grace)
+    if lost is None:
+        return False
+    emit("job.restart_respawned", host=where, run=run_info(run), respawns=lost.respawns + 1,
+         message=respawn_reason(lost))
+    return True
 
 
 def run_restart_command(command: str, run: Run) -> dict[str, Any]:

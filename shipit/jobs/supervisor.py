@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from shipit.errors import ShipitError, StoreUnavailable, UsageError
+from shipit.gate._common import AlreadyContinued
 from shipit.gate.base import (
     CHECKPOINTED,
     FAILED,
@@ -313,15 +314,11 @@ class Supervisor:
         return announce
 
     def _run(self, store: Store) -> int:
-        plan = _plan(self.opts, store, self.environ)
+        claimed = self._claim(store)
+        if claimed is None:
+            return 0
+        plan, run = claimed
         spec = plan.spec
-        if spec.cwd and not os.path.isdir(spec.cwd):
-            raise UsageError(f"--cwd {spec.cwd}: not a directory")
-        # While waiting at the gate nothing is recorded yet, so Ctrl-C / SIGTERM keep their
-        # default effect (stop waiting, exit). Our handlers go in right after the claim.
-        run = claim_when_open(
-            store, spec, max_wait=self.opts.max_wait, on_closed=self._announce_wait(spec.job)
-        )
         wake_r, handled = self._install_signals()
         base_checkpoint_at: float | None = None
         try:
@@ -342,6 +339,60 @@ class Supervisor:
             self._finish(store, run.id, FAILED, None, f"supervisor error before start: {exc}")
             raise
         return self._supervise(store, run, pid, wake_r, base_checkpoint_at)
+
+    def _claim(self, store: Store) -> tuple[_Plan, Run] | None:
+        """Plan and claim the run. None: nothing to run, another process continues that run.
+
+        A continuation (`--continues`, what a deploy's restart spawns) holds its restart claim
+        from the start until its own claim commits: while held, reconcile knows this restart is
+        pending; once we are gone without a run, it knows the restart is lost and re-spawns it.
+        """
+        plan = _plan(self.opts, store, self.environ)  # first: a bad --continues is exit 2
+        spec = plan.spec
+        continues = spec.continues
+        if continues and not store.hold_restart(continues):
+            self.say(f"run {continues}: another shipit process is already starting its "
+                     "continuation; not starting a second one")
+            return None
+        done = False
+        try:
+            if spec.cwd and not os.path.isdir(spec.cwd):
+                raise UsageError(f"--cwd {spec.cwd}: not a directory")
+            # While waiting at the gate nothing is recorded yet, so Ctrl-C / SIGTERM keep their
+            # default effect (stop waiting, exit). Our handlers go in right after the claim.
+            run = claim_when_open(
+                store, spec, max_wait=self.opts.max_wait, on_closed=self._announce_wait(spec.job),
+                keepalive=self._hold_keepalive(store, continues),
+            )
+            done = True
+            return plan, run
+        except AlreadyContinued as exc:
+            done = True
+            self.say(f"{exc}: not starting it again")
+            return None
+        finally:
+            if continues:
+                self._release_hold(store, continues, done)
+
+    def _hold_keepalive(self, store: Store, continues: str | None) -> Callable[[], None] | None:
+        if not continues:
+            return None
+
+        def refresh() -> None:
+            try:
+                store.refresh_restart_hold(continues)
+            except Exception as exc:  # noqa: BLE001 - the claim itself will hit a real outage
+                if not self._store_warned:
+                    self._store_warned = True
+                    self.say(f"warning: could not refresh the restart hold, will retry: {exc}")
+
+        return refresh
+
+    @staticmethod
+    def _release_hold(store: Store, continues: str, continued: bool) -> None:
+        # Best effort: a hold we fail to release goes stale (or dies with us) all the same.
+        with contextlib.suppress(Exception):
+            store.release_restart_hold(continues, continued=continued)
 
     def _install_signals(self) -> tuple[int, tuple[int, ...]]:
         wake_r, wake_w = os.pipe()

@@ -17,6 +17,7 @@ _JOB_VERBS = {
     "job.finished": "finished",
     "job.interrupted": "interrupted",
     "job.restarted": "restarted",
+    "job.restart_respawned": "restart re-spawned",
     "job.given_up": "given up (too many restarts)",
 }
 
@@ -32,11 +33,58 @@ def seconds(value: Any) -> str:
     return f"{minutes}m{rest:02d}s"
 
 
+def iso_time(ts: float) -> str:
+    """UTC, milliseconds: `2026-11-22T05:12:41.503Z` (the log file's format)."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def show_value(key: str, value: Any) -> str:
+    """One field of a record (a job run) as text: `*_at` times in ISO 8601 UTC, a command as
+    shell words, lists comma-separated, structures as JSON, nothing as `-`."""
+    import json
+    import shlex
+
+    if value is None or value == [] or value == "":
+        return "-"
+    if key.endswith("_at") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return iso_time(value)
+    if key == "command" and isinstance(value, list):
+        return shlex.join(map(str, value))
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ", ".join(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return str(value)
+
+
 def job_name(data: dict[str, Any]) -> str:
     run = data.get("run")
     if isinstance(run, dict):
         return str(run.get("job") or run.get("id") or "?")
     return str(data.get("job") or data.get("run_id") or "?")
+
+
+def started_what(d: dict[str, Any]) -> str:
+    """`deploying branch main to prod`, `rolling back prod to the previous release`, ..."""
+    stage = d.get("stage", "?")
+    if d.get("mode") == "rollback":
+        to = d.get("rollback_to")
+        text = f"rolling back {stage} to {f'release {to}' if to else 'the previous release'}"
+    else:
+        if d.get("revision"):
+            what = f"revision {d['revision']}"
+        elif d.get("branch"):
+            what = f"branch {d['branch']}"
+        elif d.get("source_dir"):
+            what = f"directory {d['source_dir']}"
+        else:
+            what = "HEAD"
+        text = f"deploying {what} to {stage}"
+    return f"dry run: {text}" if d.get("dry_run") else text
 
 
 def describe(event: Event) -> str:
@@ -45,9 +93,8 @@ def describe(event: Event) -> str:
     kind = event.kind
     if kind == "deploy.started":
         hosts = d.get("hosts") or []
-        what = "dry run of" if d.get("dry_run") else "deploying"
-        rev = d.get("revision") or "HEAD"
-        return f"{what} {rev} to {d.get('stage', '?')} ({len(hosts)} host{'s' * (len(hosts) != 1)}), deploy {d.get('deploy_id', '?')}"
+        count = f"{len(hosts)} host{'s' * (len(hosts) != 1)}"
+        return f"{started_what(d)} ({count}), deploy {d.get('deploy_id', '?')}"
     if kind == "deploy.finished":
         text = f"deploy {d.get('deploy_id', '?')} {d.get('outcome', '?')}"
         if d.get("release"):

@@ -196,7 +196,7 @@ def _reconcile_central(ctx: DeployContext, store: Store, emit: Any) -> None:
     lease = store.gate()
     if lease.is_closed(time.time()):
         return  # close_gate reports the holder
-    runs = leftovers(store)
+    runs = leftovers(store, wait=True)
     if not runs:
         return
     try:

@@ -155,9 +155,16 @@ def test_reconcile_restarts_leftovers_once_after_the_lease_expires(store, tmp_pa
     store.renew(epoch, 0.05)
     wait_for(lambda: not store.gate().is_closed(time.time()), what="expiry")
     spawned: list[str] = []
+
+    def spawn(r: Run) -> dict:
+        # What the spawned supervisor does: claim the run that continues this one. (A spawn
+        # that leaves no trace is a lost restart, which the next reconcile starts again.)
+        spawned.append(r.id)
+        store.claim(ClaimSpec(job=r.job, host=r.host, command=r.command, continues=r.id))
+        return {}
+
     for _ in range(2):
-        reconcile(store, actor="t", spawn=lambda r: spawned.append(r.id) or {}, definitions={},
-                  max_restarts=5, emit=b.emit)
+        reconcile(store, actor="t", spawn=spawn, definitions={}, max_restarts=5, emit=b.emit)
     assert spawned == [run.id]
     assert store.gate().state == "open"
 
