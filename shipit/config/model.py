@@ -64,14 +64,14 @@ class HookSpec(Strict):
 
 
 class JobDefinition(Strict):
-    """A job shipit knows by name (optional: any `shipit job run` is tracked anyway)."""
+    """A job shipit knows by name (optional: any `shipit job run` is tracked anyway). What a
+    job runs is recorded by `shipit job run` itself, so a definition only says how a deploy
+    restarts it."""
 
-    command: str | None = None
     after: list[str] = Field(default_factory=list)
     # For jobs started by systemd or a queue: how to start the job again after a deploy.
     restart_command: str | None = None
     max_restarts: int | None = None
-    grace: float | None = None
 
 
 class AdapterBase(Strict):
@@ -180,7 +180,6 @@ class JobsConfig(Strict):
     max_wait: float = 3600.0
     max_restarts: int = 5
     heartbeat: float = 2.0
-    env_allow: list[str] = Field(default_factory=list)
     definitions: dict[str, JobDefinition] = Field(default_factory=dict)
     adapters: list[AdapterConfig] = Field(default_factory=list)
 

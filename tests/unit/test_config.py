@@ -89,12 +89,12 @@ def test_stage_ssh_and_jobs_override_only_the_fields_they_write(full) -> None:
     )
     # jobs.path is a path on the hosts: relative means inside that stage's deploy_to.
     assert jobs.path == "/srv/shop-prod/state/jobs"
-    assert {name: d.command for name, d in jobs.definitions.items()} == {
-        "crunch": "python jobs/crunch.py",
-        "report": "sh jobs/report2.sh",
-        "cleanup": "sh jobs/cleanup.sh",
+    # definitions merge by job name; a stage's definition replaces the top-level one whole.
+    assert {name: d.model_dump() for name, d in jobs.definitions.items()} == {
+        "crunch": {"after": [], "restart_command": None, "max_restarts": 2},
+        "report": {"after": [], "restart_command": "systemctl start report2", "max_restarts": None},
+        "cleanup": {"after": [], "restart_command": None, "max_restarts": 0},
     }
-    assert jobs.definitions["crunch"].after == []
 
 
 def test_hooks_run_top_level_steps_then_the_stage_steps(full) -> None:

@@ -33,7 +33,7 @@ VALID: dict[str, Any] = {
     "application": "a",
     "source": {"dir": "."},
     "deploy_to": "/srv/a",
-    "jobs": {"definitions": {"j": {"command": "c", "after": []}}},
+    "jobs": {"definitions": {"j": {"max_restarts": 1, "after": []}}},
     "hooks": {"after_release": [{"run": "echo", "roles": ["app"]}]},
     "stages": {
         "prod": {
