@@ -6,9 +6,17 @@ hook would silently never run)."""
 from __future__ import annotations
 
 import posixpath
+from urllib.parse import urlsplit
 
 from shipit.config.explain import closest, suggest
-from shipit.config.model import Config, HookSpec, HostEntry, JobDefinition, StageEntry
+from shipit.config.model import (
+    Config,
+    HookSpec,
+    HostEntry,
+    JobDefinition,
+    NotifyTarget,
+    StageEntry,
+)
 from shipit.config.source_map import LineMap, Path, fmt_path, one_line
 from shipit.errors import ConfigError
 
@@ -107,3 +115,45 @@ def check_hook_roles(config: Config, lines: LineMap) -> None:
         _check_roles(
             stage.hooks, ("stages", name, "hooks"), stage_roles(stage), f"of stage {name!r} ", lines
         )
+
+
+def _shown_url(lines: LineMap, path: Path, url: str, *, keep_host: bool) -> str:
+    from shipit.config.secrets import shown_url
+
+    if path in lines.written:
+        return f"{lines.written[path]!r} (from the environment)"
+    return repr(shown_url(url, keep_host=keep_host))
+
+
+def _webhook_problem(url: str) -> str | None:
+    """None for a usable webhook URL, else what to add to the message (may be empty)."""
+    if "://" not in url:
+        return " (it has no scheme)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return f" ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return ""
+    return None if parts.hostname else " (it has no host)"
+
+
+def check_notify(targets: list[NotifyTarget], base: Path, lines: LineMap) -> None:
+    """What can be told about a notify URL without the notification libraries: a webhook is an
+    http(s) URL with a host, an apprise URL has a scheme (apprise itself checks the rest when a
+    deploy starts)."""
+    for index, target in enumerate(targets):
+        if target.webhook is not None:
+            path = (*base, index, "webhook")
+            problem = _webhook_problem(target.webhook)
+            if problem is not None:
+                shown = _shown_url(lines, path, target.webhook, keep_host=True)
+                raise _fail(lines, path, f"must be an http:// or https:// URL, got {shown}{problem}")
+        if target.apprise is not None:
+            path = (*base, index, "apprise")
+            if "://" not in target.apprise or not target.apprise.split("://", 1)[0]:
+                shown = _shown_url(lines, path, target.apprise, keep_host=False)
+                raise _fail(
+                    lines, path, f"must be an apprise URL such as slack://... or mailto://..., got {shown}"
+                )

@@ -19,7 +19,7 @@ import posixpath
 import re
 from typing import Any
 
-from shipit.config.checks import check_job_order, check_linked
+from shipit.config.checks import check_job_order, check_linked, check_notify
 from shipit.config.hostspec import Address, HostSyntaxError, check_port, check_user, parse_host
 from shipit.config.model import (
     HOOK_POINTS,
@@ -250,6 +250,10 @@ def resolve_stage(config: Config, name: str) -> StageConfig:
     check_linked(config, lines)
     check_job_order(jobs.definitions, stage, name, lines)
     _check_adapters(config, stage, name, jobs, lines)
+    _check_store_dsn(config.jobs, stage, name, jobs, lines)
+    notify_base: Path = ("stages", name, "notify") if stage.notify is not None else ("notify",)
+    notify = stage.notify if stage.notify is not None else config.notify
+    check_notify(notify, notify_base, lines)
     return StageConfig(
         name=name,
         application=config.application,
@@ -268,8 +272,33 @@ def resolve_stage(config: Config, name: str) -> StageConfig:
         secrets=tuple(config.secrets),
         config_path=config.config_path,
         # A stage's notify list replaces the top-level one (an empty list silences the stage).
-        notify=tuple(stage.notify if stage.notify is not None else config.notify),
+        notify=tuple(notify),
         cron=tuple(config.cron),
+    )
+
+
+def _check_store_dsn(
+    top_jobs: JobsConfig, stage: StageEntry, name: str, jobs: JobsConfig, lines: LineMap
+) -> None:
+    """A central store without its DSN would fail the deploy half-way (after pre_deploy); say
+    so now, in one line, like a `${VAR}` that is not set."""
+    if jobs.store != "postgres":
+        return
+    environ = os.environ if lines.environ is None else lines.environ
+    if environ.get(jobs.dsn_env):
+        return
+    # Point at the key that named the variable if one did, else at the one that chose postgres.
+    path: Path = ("jobs", "store")
+    for key in ("store", "dsn_env"):
+        if key in top_jobs.model_fields_set:
+            path = ("jobs", key)
+    for key in ("store", "dsn_env"):
+        if stage.jobs is not None and key in stage.jobs.model_fields_set:
+            path = ("stages", name, "jobs", key)
+    raise _fail(
+        lines, path,
+        f"the postgres job store needs its DSN in the environment variable {jobs.dsn_env}"
+        f" (jobs.dsn_env), which is not set",
     )
 
 

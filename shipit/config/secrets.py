@@ -3,7 +3,12 @@
 Secrets are the values of the vars named in `secrets:` (at any level: top, stage or host) and
 the job store DSN (the environment variable named by `jobs.dsn_env`), including the password
 inside that DSN on its own, since it can end up in other strings (a hook's command line), and
-the notify targets' URLs and credential headers.
+the parts of the notify targets' URLs that carry credentials, and their credential headers.
+
+Of a webhook URL only the userinfo, the path (Slack-style tokens live there), the query and
+fragment are secret: `https://hooks.example.com/services/T0/B0/XYZ` is shown as
+`https://hooks.example.com********`, and `https://ci.example.com` has nothing to hide. Apprise
+URLs put tokens where the host goes (`slack://TokA/TokB/TokC`), so all but their scheme is.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 from shipit.config.model import StageConfig
 
@@ -54,8 +59,10 @@ def secret_values(stage: StageConfig, *, environ: Mapping[str, str] | None = Non
             if name in vars_:
                 found.update(_leaves(vars_[name]))
     for target in stage.notify:
-        # Webhook and apprise URLs carry their tokens in the path, query or host part.
-        found.update(u for u in (target.apprise, target.webhook) if u)
+        if target.webhook:
+            found.update(url_secrets(target.webhook))
+        if target.apprise:
+            found.update(url_secrets(target.apprise, keep_host=False))
         for key, value in target.headers.items():
             if _SENSITIVE_HEADER.search(key):
                 # `Bearer <token>`: the token alone may show up elsewhere too.
@@ -68,6 +75,59 @@ def secret_values(stage: StageConfig, *, environ: Mapping[str, str] | None = Non
             found.add(password)
     # An empty "secret" would mask between every character of every string.
     return sorted((s for s in found if s), key=lambda s: (-len(s), s))
+
+
+# Query values under such names are secret whatever their length; others when token-long.
+_SECRET_QUERY = re.compile(r"auth|token|key|secret|sig|pass|code|hash|cred", re.I)
+_TOKEN_LONG = 8
+
+
+def url_secrets(url: str, *, keep_host: bool = True) -> set[str]:
+    """The parts of a notify URL that carry credentials, as written: userinfo (and the user and
+    password in it), the path-query-fragment tail and the path alone (tokens), query values;
+    with keep_host=False (apprise) everything after `scheme://`. A URL that cannot be parsed is
+    secret whole. Never the scheme, nor a webhook's host and port."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return {url}
+    found: set[str] = set()
+    if not parts.scheme or not parts.netloc:
+        return {url}  # not a URL as shipit reads them: nothing to tell safe parts by
+    rest = url.split("://", 1)[1] if "://" in url else url
+    if not keep_host:
+        found.add(rest)
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        user, colon, password = userinfo.partition(":")
+        found.update({userinfo, password, unquote(password)})
+        # A user alone is a token when nothing else is (`https://TOKEN@host`) or token-long;
+        # a short name (`u`) masked on its own would blank out letters everywhere.
+        if not colon or len(user) >= _TOKEN_LONG:
+            found.update({user, unquote(user)})
+    # Pieces shorter than this are not masked on their own (`/h` would hit every `/home`);
+    # they stay covered by the longer piece that holds them.
+    short = 4
+    tail = rest[len(parts.netloc):]
+    if len(tail) >= short and tail != "/":
+        found.add(tail)
+    if len(parts.path) >= short:
+        found.add(parts.path)
+    if len(parts.query) >= short:
+        found.add(parts.query)
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if len(value) >= (short if _SECRET_QUERY.search(key) else _TOKEN_LONG):
+            found.add(value)
+    if len(parts.fragment) >= short:
+        found.add(parts.fragment)
+    return {f for f in found if f}
+
+
+def shown_url(url: str, *, keep_host: bool = True) -> str:
+    """A notify URL as an error message may show it: scheme and (webhooks) host:port as
+    written, every part url_secrets() names replaced by the mask."""
+    return mask(url, url_secrets(url, keep_host=keep_host))
 
 
 def _variants(secrets: Iterable[str]) -> list[str]:
@@ -129,9 +189,9 @@ def masked_config(
     for target in data.get("notify", []):
         # Keep enough to recognise the target (scheme, webhook host), never its tokens.
         if target.get("webhook"):
-            target["webhook"] = redact_url(target["webhook"])
+            target["webhook"] = shown_url(target["webhook"])
         if target.get("apprise"):
-            target["apprise"] = redact_url(target["apprise"], keep_host=False)
+            target["apprise"] = shown_url(target["apprise"], keep_host=False)
         target["headers"] = {
             k: (MASK if _SENSITIVE_HEADER.search(k) else v) for k, v in target["headers"].items()
         }

@@ -56,6 +56,9 @@ class LineMap:
     written: dict[Path, str] = field(default_factory=dict)
     # The text of values YAML read as numbers, booleans or null: `1.10` is shown as written.
     raw: dict[Path, str] = field(default_factory=dict)
+    # The environment the file was read with (None: os.environ), for checks made at resolve
+    # time (the job store DSN variable).
+    environ: Mapping[str, str] | None = None
 
     def line(self, path: Path) -> int | None:
         # Walk up to the nearest ancestor we know: a missing key is reported at its parent.
@@ -251,6 +254,7 @@ def read_yaml(text: str, file: str, environ: Mapping[str, str]) -> tuple[Any, Li
     except RecursionError:
         raise ConfigError(f"{file}: the document is nested too deeply") from None
     builder = _Builder(file, environ)
+    builder.map.environ = environ
     if node is None:
         return None, builder.map
     builder.map.lines[()] = node.start_mark.line + 1

@@ -145,6 +145,32 @@ def test_hook_role_no_host_has_is_one_line(
     )
 
 
+def test_bad_webhook_is_one_line_with_its_line_and_unmasked_host(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    write_config(tmp_path / "shipit.yaml", CONFIG + 'notify:\n  - webhook: "ftp://x"\n')
+    code, out, err = shipit(capsys, "deploy", "demo", "--yes")
+    assert (code, out) == (2, "")
+    assert err == (
+        "shipit: error: shipit.yaml:12: notify[0].webhook: must be an http:// or https:// URL,"
+        " got 'ftp://x'\n"
+    )
+
+
+def test_postgres_store_without_its_dsn_fails_before_any_deploy_output(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SHIPIT_DSN", raising=False)
+    write_config(tmp_path / "shipit.yaml", CONFIG + "jobs:\n  store: postgres\n")
+    for argv in (("deploy", "demo", "--yes"), ("deploy", "demo", "--json"), ("rollback", "demo", "--yes")):
+        code, out, err = shipit(capsys, *argv)
+        assert (code, out) == (2, ""), argv
+        assert err == (
+            "shipit: error: shipit.yaml:12: jobs.store: the postgres job store needs its DSN in"
+            " the environment variable SHIPIT_DSN (jobs.dsn_env), which is not set\n"
+        )
+
+
 def test_yaml_syntax_error_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (tmp_path / "shipit.yaml").write_text("application: [unclosed\nstages: {}\n")
     code, _, err = shipit(capsys, "check", "demo")

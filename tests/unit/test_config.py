@@ -363,19 +363,83 @@ def test_notify_targets_are_inherited_or_replaced_and_never_shown(tmp_path: Path
         "https://hooks.example.com/services/T0/B0/XYZ?sig=abc"
     ]
     shown = masked_config(prod, environ={})["notify"][0]
-    assert shown["webhook"] == f"https://hooks.example.com/{MASK}"
+    assert shown["webhook"] == f"https://hooks.example.com{MASK}"
     assert shown["headers"] == {"Authorization": MASK, "Content-Type": "application/json"}
     assert {"Bearer t0ken", "t0ken"} <= set(secret_values(prod, environ={}))
+    # The path and query carry the tokens; scheme and host say which target it is.
     assert (
         mask(
-            "POST https://hooks.example.com/services/T0/B0/XYZ?sig=abc",
+            "POST https://hooks.example.com/services/T0/B0/XYZ?sig=abc failed; path /services/T0/B0/XYZ",
             secret_values(prod, environ={}),
         )
-        == f"POST {MASK}"
+        == f"POST https://hooks.example.com{MASK} failed; path {MASK}"
     )
     chat = masked_config(config.stage("chat"), environ={})
     assert chat["notify"][0]["apprise"] == f"slack://{MASK}"
     assert "TokA" not in repr(chat)
+
+
+@pytest.mark.parametrize(
+    ("url", "keep_host", "shown", "secrets"),
+    [
+        ("ftp://x", True, "ftp://x", set()),
+        ("https://ci.example.com", True, "https://ci.example.com", set()),
+        ("https://ci.example.com/", True, "https://ci.example.com/", set()),
+        (
+            "https://hooks.example.com/services/T0/B0/XYZ",
+            True,
+            f"https://hooks.example.com{MASK}",
+            {"/services/T0/B0/XYZ"},
+        ),
+        (
+            "https://bot:p%40ss@ci.example.com:8443/hook?token=abcd&page=2",
+            True,
+            f"https://{MASK}@ci.example.com:8443{MASK}",
+            {"bot:p%40ss", "p%40ss", "p@ss", "/hook?token=abcd&page=2", "/hook",
+             "token=abcd&page=2", "abcd"},
+        ),
+        ("https://TOKEN123@ci.example.com", True, f"https://{MASK}@ci.example.com", {"TOKEN123"}),
+        # Short pieces are not masked alone (they would blank out text everywhere).
+        ("https://u:pw@h/x?t=1", True, f"https://{MASK}@h{MASK}", {"u:pw", "pw", "/x?t=1"}),
+        ("slack://TokA/TokB/TokC", False, f"slack://{MASK}", {"TokA/TokB/TokC", "/TokB/TokC"}),
+        ("hooks.example.com/T0/B0", True, MASK, {"hooks.example.com/T0/B0"}),
+        ("https://h:99999/x", True, MASK, {"https://h:99999/x"}),
+    ],
+)
+def test_only_the_credential_parts_of_notify_urls_are_secret(
+    url: str, keep_host: bool, shown: str, secrets: set[str]
+) -> None:
+    from shipit.config.secrets import shown_url, url_secrets
+
+    assert url_secrets(url, keep_host=keep_host) == secrets
+    assert shown_url(url, keep_host=keep_host) == shown
+
+
+def test_a_notify_url_without_credentials_is_shown_whole(tmp_path: Path) -> None:
+    path = tmp_path / "shipit.yaml"
+    path.write_text(
+        "application: a\nsource: {dir: .}\ndeploy_to: /srv/a\n"
+        "notify: [{webhook: 'https://ci.example.com'}]\nstages: {s: {hosts: [local]}}\n"
+    )
+    stage = load_config(path).stage("s")
+    assert secret_values(stage, environ={}) == []
+    assert masked_config(stage, environ={})["notify"][0]["webhook"] == "https://ci.example.com"
+
+
+def test_postgres_store_loads_when_its_dsn_variable_is_set(tmp_path: Path) -> None:
+    path = tmp_path / "shipit.yaml"
+    path.write_text(
+        "application: a\nsource: {dir: .}\ndeploy_to: /srv/a\n"
+        "jobs: {store: postgres, dsn_env: JOBS_DSN}\nstages: {s: {hosts: [local]}}\n"
+    )
+    stage = load_config(path, environ={"JOBS_DSN": "postgresql://db/jobs"}).stage("s")
+    assert (stage.jobs.store, stage.jobs.dsn_env) == ("postgres", "JOBS_DSN")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={"JOBS_DSN": ""}).stage("s")
+    assert str(caught.value) == (
+        f"{path}:4: jobs.dsn_env: the postgres job store needs its DSN in the environment"
+        " variable JOBS_DSN (jobs.dsn_env), which is not set"
+    )
 
 
 def test_mask_catches_url_encoded_secrets() -> None:
