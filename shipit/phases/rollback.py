@@ -13,7 +13,8 @@ from shipit.commands.release import (
     revlog_rolled_back,
     switch_back_command,
 )
-from shipit.errors import DeployFailed, ShipitError
+from shipit.config.source_map import one_line
+from shipit.errors import DeployFailed, ShipitError, UsageError
 from shipit.history import make_record, record_json
 from shipit.hosts.base import Host
 from shipit.hosts.fanout import FanOutError
@@ -35,7 +36,8 @@ def choose_rollback_target(ctx: DeployContext, to: str | None) -> str:
         names = {r["name"] for r in releases}
         if to:
             if to not in names:
-                raise DeployFailed(f"[{name}] release {to} does not exist (or is incomplete) in {ctx.stage.deploy_to}/releases")
+                # A wrong --to is the user's input, not a failed deploy: exit 2, nothing changed.
+                raise UsageError(_no_such_release(ctx, name, to, facts["releases"]))
             chosen[name] = to
             continue
         current = facts.get("current")
@@ -49,6 +51,17 @@ def choose_rollback_target(ctx: DeployContext, to: str | None) -> str:
         detail = ", ".join(f"{n}: {r}" for n, r in chosen.items())
         raise DeployFailed(f"hosts disagree on the release to roll back to ({detail}); use --to RELEASE")
     return str(targets.pop())
+
+
+def _no_such_release(ctx: DeployContext, host: str, to: str, releases: list[dict]) -> str:
+    complete = [str(r["name"]) for r in releases if r["complete"]]
+    listed = ", ".join(complete) if complete else "none"
+    where = f"{ctx.stage.deploy_to}/releases"
+    if any(r["name"] == to for r in releases):
+        what = f"release {to} is incomplete (no REVISION: it never finished) in {where}"
+    else:
+        what = f"release {to} does not exist in {where}"
+    return one_line(f"[{host}] {what} (releases: {listed})")
 
 
 def rollback(ctx: DeployContext, *, outcome: str = "failed", error: str | None = None) -> list[str]:

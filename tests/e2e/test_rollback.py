@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from tests.e2e.deploy_harness import Deployer, deploy_hosts  # noqa: F401
+from tests.e2e.deploy_harness import Deployer, deploy_hosts, tree  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 
@@ -65,14 +65,47 @@ def test_rollback_refuses_missing_target_and_disagreeing_hosts(tmp_path, deploy_
     d = Deployer(tmp_path, deploy_hosts, monkeypatch)
     r1, _ = d.deploy()
     r2, _ = d.deploy()
-    missing, _ = d.rollback(to="20000101000000000000")
-    assert missing.outcome == "failed" and missing.exit_code == 1
-    assert "release 20000101000000000000 does not exist" in (missing.error or "")
+    before = {h.name: tree(d.root(h)) for h in deploy_hosts}
+    # A --to that is not there is a usage error (exit 2): nothing switched, nothing marked bad,
+    # the gate never closed; the message lists what could be rolled back to.
+    missing, rec = d.rollback(to="20000101000000000000")
+    assert missing.outcome == "failed" and missing.exit_code == 2
+    first = deploy_hosts[0].name
+    assert missing.error == (
+        f"[{first}] release 20000101000000000000 does not exist in {d.stage().deploy_to}/releases"
+        f" (releases: {r1.release}, {r2.release})"
+    )
+    assert not rec.of("gate.closed")
+    # Half-made (no REVISION): there, but not a release to go back to.
+    (d.root(deploy_hosts[0]) / "releases" / "20000101000000000001").mkdir()
+    half, _ = d.rollback(to="20000101000000000001")
+    assert half.exit_code == 2
+    assert half.error == (
+        f"[{first}] release 20000101000000000001 is incomplete (no REVISION: it never finished)"
+        f" in {d.stage().deploy_to}/releases (releases: {r1.release}, {r2.release})"
+    )
+    (d.root(deploy_hosts[0]) / "releases" / "20000101000000000001").rmdir()
+    # The real CLI: exit 2, the one line, and the stage exactly as it was.
+    cli = subprocess.run(
+        [sys.executable, "-m", "shipit", "--config", str(d.config), "rollback", "test", "--to", "nosuch", "--yes"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
+    )
+    assert cli.returncode == 2, cli.stdout + cli.stderr
+    assert f"[{first}] release nosuch does not exist in {d.stage().deploy_to}/releases (releases: {r1.release}, {r2.release})" in cli.stdout
+    assert "Traceback" not in cli.stdout + cli.stderr
+    after = {h.name: tree(d.root(h)) for h in deploy_hosts}
+    assert {n: {k: v for k, v in t.items() if not k.startswith(".shipit")} for n, t in after.items()} == {
+        n: {k: v for k, v in t.items() if not k.startswith(".shipit")} for n, t in before.items()
+    }
+    assert all(not bad(d, h, r) for h in deploy_hosts for r in (r1.release, r2.release))
     # One host's older release is gone: the hosts no longer agree on the target.
     os.rename(d.root(deploy_hosts[0]) / "releases" / r1.release, d.root(deploy_hosts[0]) / "releases" / "19990101000000000000")
     split, _ = d.rollback()
     assert split.outcome == "failed" and "disagree" in (split.error or "")
     assert all(d.current(h) == r2.release for h in deploy_hosts)
+    # The gate was reopened every time: a deploy goes straight through.
+    after_all, _ = d.deploy()
+    assert after_all.outcome == "success", after_all.error
 
 
 def test_ctrl_c_during_a_slow_hook_leaves_a_complete_release(tmp_path, deploy_hosts, monkeypatch) -> None:  # noqa: F811
