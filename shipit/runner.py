@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import posixpath
 import secrets
 import shutil
 import signal
@@ -67,6 +68,9 @@ class HostCheck:
     problems: list[str]
     current: str | None
     releases: list[str] = field(default_factory=list)
+    # Facts worth saying that are not problems (deploy_to does not exist yet, the first
+    # deploy creates it).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -280,7 +284,7 @@ def check(stage: StageConfig, bus: EventBus) -> list[HostCheck]:
         if isinstance(facts, BaseException) or facts is None:
             checks.append(HostCheck(spec.name, False, [str(facts)], None))
             continue
-        problems = []
+        problems, notes = _deploy_to_state(stage, facts)
         for code, index in facts["problems"]:
             if code == "missing_file" and index is not None:
                 problems.append(f"linked file {stage.linked_files[index]} is missing in {stage.deploy_to}/shared")
@@ -289,9 +293,26 @@ def check(stage: StageConfig, bus: EventBus) -> list[HostCheck]:
         if not facts["complete_output"]:
             problems.append(f"the check command failed (exit code {facts['exit_code']})")
         names = [r["name"] for r in facts["releases"]]
-        checks.append(HostCheck(spec.name, not problems, problems, facts["current"], names))
+        checks.append(HostCheck(spec.name, not problems, problems, facts["current"], names, notes))
     _flag_mixed_stage(checks)
     return checks
+
+
+def _deploy_to_state(stage: StageConfig, facts: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(problems, notes) about a deploy_to that does not exist: fine when the first deploy can
+    create it (its nearest existing parent takes a new directory), a problem otherwise."""
+    if not facts.get("absent") or facts.get("parent_up") is None:
+        return [], []
+    up, state = int(facts["parent_up"]), str(facts.get("parent_state"))
+    parent = str(facts.get("path") or stage.deploy_to)
+    for _ in range(up):
+        parent = posixpath.dirname(parent)
+    if state == "ok":
+        return [], [f"{stage.deploy_to} does not exist yet; the first deploy creates it (in {parent})"]
+    if state == "notdir" and up == 0:
+        return [f"{stage.deploy_to} exists but is not a directory"], []
+    why = f"{parent} is not a directory" if state == "notdir" else f"parent {parent} is not writable"
+    return [f"{stage.deploy_to} does not exist and cannot be created ({why})"], []
 
 
 def _flag_mixed_stage(checks: list[HostCheck]) -> None:

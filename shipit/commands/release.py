@@ -54,10 +54,16 @@ def facts_command(
 ) -> str:
     """Check a host and report its releases. create=False touches nothing (dry-run, check, list).
 
-    Output lines: `@@shipit absent` (deploy_to missing, read-only mode), `@@shipit problem CODE [i]`,
-    `@@shipit current NAME`, `@@shipit release NAME COMPLETE BAD REVISION`, `@@shipit end`.
+    Output lines: `@@shipit absent UP STATE` (read-only mode: deploy_to is missing; its nearest
+    existing parent is UP levels up and is `ok` (a directory deploy_to can be created in),
+    `unwritable` or `notdir`), `@@shipit problem CODE [i]`, `@@shipit current NAME`,
+    `@@shipit release NAME COMPLETE BAD REVISION`, `@@shipit end`.
     `@@shipit path ABS` gives deploy_to with `~` expanded (uploads need it: SFTP does not expand).
     A release is complete once REVISION exists: prepare writes it last.
+
+    Whether a missing deploy_to can be created is found by creating and at once removing a probe
+    directory in that parent: `test -w` cannot tell (root passes it even on /proc), and the
+    probe leaves nothing behind. Nothing else is written in read-only mode.
     """
     files = [_check_linked(f) for f in linked_files]
     dirs = [_check_linked(x) for x in linked_dirs]
@@ -69,7 +75,19 @@ def facts_command(
         lines.append(f"mkdir -p {made} 2>/dev/null && chmod 700 \"$d\"/.shipit || echo '{FACT_PREFIX}problem create'")
         lines.append(f"test -w \"$d\" || echo '{FACT_PREFIX}problem unwritable'")
     else:
-        lines.append(f"test -d \"$d\" || echo '{FACT_PREFIX}absent'")
+        lines += [
+            'if [ -d "$d" ]; then',
+            f"  test -w \"$d\" || echo '{FACT_PREFIX}problem unwritable'",
+            "else",
+            '  p="$d"; up=0',
+            '  while [ -n "$p" ] && [ ! -e "$p" ]; do p=${p%/*}; up=$((up+1)); done',
+            '  p=${p:-/}; k=ok',
+            '  if [ ! -d "$p" ]; then k=notdir',
+            '  elif mkdir "$p/.shipit-probe-$$" 2>/dev/null; then rmdir "$p/.shipit-probe-$$"',
+            "  else k=unwritable; fi",
+            f'  echo "{FACT_PREFIX}absent $up $k"',
+            "fi",
+        ]
     for i, f in enumerate(files):
         lines.append(f"test -e \"$d\"/shared/{q(f)} || echo '{FACT_PREFIX}problem missing_file {i}'")
     lines += [
@@ -219,9 +237,13 @@ def revlog_rolled_back(release: str, actor: str) -> str:
 
 
 def parse_facts(stdout: str) -> dict[str, object]:
-    """Read facts_command output: {"absent", "problems": [(code, index)], "current",
-    "releases": [{"name", "complete", "bad", "revision"}] oldest first, "complete_output"}."""
-    facts: dict[str, object] = {"absent": False, "problems": [], "current": None, "releases": [], "path": None}
+    """Read facts_command output: {"absent", "parent_up", "parent_state", "problems":
+    [(code, index)], "current", "releases": [{"name", "complete", "bad", "revision"}] oldest
+    first, "path", "complete_output"}."""
+    facts: dict[str, object] = {
+        "absent": False, "parent_up": None, "parent_state": None, "problems": [], "current": None,
+        "releases": [], "path": None,
+    }
     problems: list[tuple[str, int | None]] = []
     releases: list[dict[str, object]] = []
     ended = False
@@ -232,6 +254,9 @@ def parse_facts(stdout: str) -> dict[str, object]:
         kind = words[0]
         if kind == "absent":
             facts["absent"] = True
+            if len(words) >= 3 and words[1].isdigit():
+                # How many levels up the nearest existing parent is, and what it is like.
+                facts["parent_up"], facts["parent_state"] = int(words[1]), words[2]
         elif kind == "problem":
             problems.append((words[1], int(words[2]) if len(words) > 2 else None))
         elif kind == "current" and len(words) > 1 and words[1]:

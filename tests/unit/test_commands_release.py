@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,12 +62,80 @@ def test_facts_command_exact() -> None:
     )
 
 
+def test_facts_read_only_form_exact() -> None:
+    assert facts_command("/srv/my app", ["config/db.yml"], ["log"], create=False) == "\n".join(
+        [
+            "d='/srv/my app'",
+            "printf '@@shipit path %s\\n' \"$d\"",
+            'if [ -d "$d" ]; then',
+            "  test -w \"$d\" || echo '@@shipit problem unwritable'",
+            "else",
+            '  p="$d"; up=0',
+            '  while [ -n "$p" ] && [ ! -e "$p" ]; do p=${p%/*}; up=$((up+1)); done',
+            "  p=${p:-/}; k=ok",
+            '  if [ ! -d "$p" ]; then k=notdir',
+            '  elif mkdir "$p/.shipit-probe-$$" 2>/dev/null; then rmdir "$p/.shipit-probe-$$"',
+            "  else k=unwritable; fi",
+            '  echo "@@shipit absent $up $k"',
+            "fi",
+            "test -e \"$d\"/shared/config/db.yml || echo '@@shipit problem missing_file 0'",
+            'c=$(readlink "$d"/current 2>/dev/null) && echo "@@shipit current ${c##*/}"',
+            'for r in "$d"/releases/*/; do',
+            '  [ -d "$r" ] || continue',
+            "  r=${r%/}; n=${r##*/}; ok=0; bad=0; rev=-",
+            '  if [ -f "$r"/REVISION ]; then ok=1; rev=$(head -n 1 "$r"/REVISION); fi',
+            '  [ ! -e "$r"/.shipit-bad ] || bad=1',
+            '  echo "@@shipit release $n $ok $bad $rev"',
+            "done",
+            "echo '@@shipit end'",
+        ]
+    )
+
+
 def test_facts_read_only_form_creates_nothing(tmp_path: Path) -> None:
     target = tmp_path / "app"
     out = sh(facts_command(str(target), ["a.env"], ["log"], create=False), tmp_path)
     assert not target.exists()
+    assert list(tmp_path.iterdir()) == []  # the probe directory is gone again
     facts = parse_facts(out.stdout)
     assert facts["absent"] and facts["complete_output"]
+    assert (facts["parent_up"], facts["parent_state"]) == (1, "ok")
+    assert facts["problems"] == [("missing_file", 0)]
+
+
+def _absent(path: Path | str, cwd: Path) -> tuple[object, object, object]:
+    facts = parse_facts(sh(facts_command(str(path), create=False), cwd).stdout)
+    assert facts["complete_output"]
+    return facts["absent"], facts["parent_up"], facts["parent_state"]
+
+
+def test_facts_read_only_form_tells_whether_a_missing_deploy_to_can_be_created(tmp_path: Path) -> None:
+    assert _absent(tmp_path / NASTY_PATH / "a" / "b", tmp_path) == (True, 3, "ok")
+    (tmp_path / "file").write_text("x")
+    assert _absent(tmp_path / "file" / "app", tmp_path) == (True, 1, "notdir")
+    assert _absent(tmp_path / "file", tmp_path) == (True, 0, "notdir")
+    # root passes `test -w` on /proc, yet nothing can be made there: the probe tells.
+    assert _absent("/proc/nope/app", tmp_path) == (True, 2, "unwritable")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert inert(tmp_path)
+    existing = tmp_path / "there"
+    existing.mkdir()
+    assert _absent(existing, tmp_path) == (False, None, None)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0500 directory anyway")
+def test_facts_read_only_form_reports_an_unwritable_parent_and_deploy_to(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    (locked / "app").mkdir(parents=True)
+    locked.chmod(0o500)
+    (locked / "app").chmod(0o500)
+    try:
+        assert _absent(locked / "new", tmp_path) == (True, 1, "unwritable")
+        facts = parse_facts(sh(facts_command(str(locked / "app"), create=False), tmp_path).stdout)
+        assert facts["problems"] == [("unwritable", None)]
+    finally:
+        (locked / "app").chmod(0o700)
+        locked.chmod(0o700)
 
 
 def test_facts_reports_layout_and_problems(tmp_path: Path) -> None:
