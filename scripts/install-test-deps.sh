@@ -4,7 +4,9 @@
 # every run. Needs root (or sudo) only when something has to be installed.
 #
 #   OS:      openssh-server (sshd test hosts), redis-server (RQ/Celery tests),
-#            postgresql (throwaway clusters: initdb + pg_ctl)
+#            postgresql (throwaway clusters: initdb + pg_ctl),
+#            faketime (libfaketime: the chaos suite's host clock skew) and a C compiler
+#            (gcc, libc6-dev: tests/chaos/faketime_fix.c, built at run time)
 #   Python:  this checkout with its [test] extras, plus redis, rq, celery, apprise
 #   User:    shipit-pg, a non-root OS user: PostgreSQL refuses to run as root
 set -euo pipefail
@@ -37,6 +39,9 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 have_postgres || missing+=(postgresql)
 command -v crontab >/dev/null 2>&1 || missing+=(cron)  # `shipit cron` tests: real crontab -l / -
+# Chaos suite: a host's clock a few seconds off (LD_PRELOAD libfaketime, plus a small fix built with cc).
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(faketime)
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v "$PYTHON" >/dev/null 2>&1 || missing+=(python3 python3-venv python3-pip)
 
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from shipit.gate.base import FINISHED, RESTARTABLE_STATES, ClaimSpec, Lease, Run, Store
@@ -25,6 +25,9 @@ PROBE = "chaos-probe"
 # with its transaction start time, and a close waits for in-flight claims after it started.
 TOL = 0.25
 RESTART_WAIT = 10.0
+# How far a job's clock may be from the one its host should have (a ledger line's two clocks are
+# read a few microseconds apart; NTP slewing during a trial is far below this).
+SKEW_TOL = 0.5
 
 
 def _all_runs(stores: Stores) -> list[tuple[str, list[Run]]]:
@@ -37,17 +40,28 @@ def _all_runs(stores: Stores) -> list[tuple[str, list[Run]]]:
     return out
 
 
-def lease_expires(stores: Stores, deadline: float) -> list[str]:
-    """(e) Once every deploy is gone, the gate opens by `deadline` and a claim gets in."""
+def lease_expires(stores: Stores, deadline: float, *, offsets: Mapping[str, float] | None = None,
+                  probe: Callable[[str], str | None] | None = None) -> list[str]:
+    """(e) Once every deploy is gone, the gate opens by `deadline` and a claim gets in.
+
+    A store whose clock is off (`offsets`: label -> seconds, a per-host store on a skewed host)
+    is judged in its own time: `deadline` and now shifted by the offset, and the claim made on
+    that host by `probe(label)` (None: it got in) instead of from here."""
     out = []
     for label, store in stores():
+        off = (offsets or {}).get(label, 0.0)
         try:
-            while store.gate().is_closed(time.time()) and time.time() < deadline:
+            while store.gate().is_closed(time.time() + off) and time.time() < deadline:
                 store.wait_gate_change(max(0.05, min(0.5, deadline - time.time())))
             lease = store.gate()
-            if lease.is_closed(time.time()):
+            if lease.is_closed(time.time() + off):
                 out.append(f"(e) {label}: gate still held by {lease.holder} (deploy {lease.deploy_id}, "
                            f"epoch {lease.epoch}) {time.time() - deadline:.1f}s past the dead deploy's TTL")
+                continue
+            if off and probe is not None:
+                refused = probe(label)
+                if refused is not None:
+                    out.append(f"(e) {label}: a claim on the host ({off:+g}s clock) after the TTL failed: {refused}")
                 continue
             got = store.claim(ClaimSpec(job=PROBE, host=label, command=("true",)))
             if isinstance(got, Lease):
@@ -81,7 +95,7 @@ def restarted_once(stores: Stores, *, when: str, wait: float = RESTART_WAIT) -> 
                                f"restarted nor given up ({when})")
         if not pending or time.monotonic() > deadline:
             return out
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 def no_run_in_closed_gate(stores: Stores, ttl: float) -> list[str]:
@@ -146,11 +160,16 @@ def _ledger_path(run: Run) -> str | None:
     return cmd[i + 1] if len(cmd) > i + 4 else None
 
 
-def ledgers(stores: Stores, ledger_dir: Path) -> list[str]:
-    """(c) Per job chain (runs linked by `continues`), from its ledger of "item attempt release":
-    no attempt writes an item twice; a stateful chain's items are 1..max without a gap, and an
-    item is re-done only by a later attempt when the earlier one had not checkpointed past it;
-    every attempt in the ledger has its run; a finished chain holds every item 1..total."""
+def ledgers(stores: Stores, ledger_dir: Path, *, skew: Mapping[str, float] | None = None,
+            seen: Counter[str] | None = None) -> list[str]:
+    """(c) Per job chain (runs linked by `continues`), from its ledger of "item attempt release
+    [wall mono]": no attempt writes an item twice; a stateful chain's items are 1..max without a
+    gap, and an item is re-done only by a later attempt when the earlier one had not checkpointed
+    past it; every attempt in the ledger has its run; a finished chain holds every item 1..total.
+
+    With `skew` (host -> seconds its clock is off), also that every job ran on its host's clock:
+    the fault was in effect where it was meant to be and nowhere else. `seen` counts the lines
+    written on a skewed clock (observed.skewed_job_items)."""
     out = []
     for label, runs in _all_runs(stores):
         by_id = {r.id: r for r in runs}
@@ -161,7 +180,33 @@ def ledgers(stores: Stores, ledger_dir: Path) -> list[str]:
                 chains[path].append(r)
         for path, chain in chains.items():
             out += _check_chain(label, Path(path), chain, by_id)
+            if skew is not None:
+                out += _check_clocks(label, Path(path), chain, skew, seen)
     return out
+
+
+def _check_clocks(label: str, ledger: Path, chain: list[Run], skew: Mapping[str, float],
+                  seen: Counter[str] | None) -> list[str]:
+    base = time.time() - time.monotonic()  # this side's (real) wall clock minus the shared monotonic
+    by_attempt = {r.attempt: r for r in chain}
+    worst: dict[int, float] = {}
+    if not ledger.exists():
+        return []
+    for raw in ledger.read_text().splitlines():
+        parts = raw.split()
+        if len(parts) < 5 or int(parts[1]) not in by_attempt:
+            continue
+        attempt = int(parts[1])
+        host = by_attempt[attempt].host
+        want = skew.get(host, 0.0)
+        off = float(parts[3]) - float(parts[4]) - base
+        if want and seen is not None:
+            seen["skewed_job_items"] += 1
+        if abs(off - want) > SKEW_TOL and abs(off - want) > abs(worst.get(attempt, 0.0) - want):
+            worst[attempt] = off
+    return [f"(skew) {label}: {chain[0].job} attempt {a} on {by_attempt[a].host} ran {off:+.2f}s off, "
+            f"its host's clock is {skew.get(by_attempt[a].host, 0.0):+g}s off: the fault was not in effect"
+            for a, off in sorted(worst.items())]
 
 
 def _check_chain(label: str, ledger: Path, chain: list[Run], by_id: dict[str, Run]) -> list[str]:
@@ -172,7 +217,7 @@ def _check_chain(label: str, ledger: Path, chain: list[Run], by_id: dict[str, Ru
     lines = []
     if ledger.exists():
         for raw in ledger.read_text().splitlines():
-            item, attempt, _release = raw.split()
+            item, attempt = raw.split()[:2]
             lines.append((int(item), int(attempt)))
     out = []
     by_attempt = {r.attempt: r for r in chain}

@@ -1,7 +1,9 @@
 """The job the chaos trials run on the hosts (copied into the deployed app).
 
-argv: LEDGER TOTAL DELAY STATEFUL(0|1). Appends "item attempt release" to LEDGER for every item
-it processes. A stateful job checkpoints {"next": i + 1} after writing item i, so a crash between
+argv: LEDGER TOTAL DELAY STATEFUL(0|1). Appends "item attempt release wall mono" to LEDGER for
+every item it processes: wall is time.time() and mono time.monotonic() at the write, so the checker
+can tell how far this job's clock was off (a host with a skewed clock fakes the first, not the
+second). A stateful job checkpoints {"next": i + 1} after writing item i, so a crash between
 the two re-does at most item i: the only duplicates allowed are items after the last checkpoint.
 A stateless one starts again from item 1 on every attempt.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from shipit.jobs.api import job
 
@@ -28,7 +31,7 @@ def main() -> int:
             # One O_APPEND write per line: concurrent or killed writers never tear a line.
             fd = os.open(ledger, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
-                os.write(fd, f"{i} {attempt} {release}\n".encode())
+                os.write(fd, f"{i} {attempt} {release} {time.time():.3f} {time.monotonic():.3f}\n".encode())
             finally:
                 os.close(fd)
             if stateful:

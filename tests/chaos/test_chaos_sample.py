@@ -38,6 +38,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 @pytest.mark.parametrize(("backend", "seed"), SAMPLE)
 def test_chaos_trial_keeps_every_guarantee(world: World, tmp_path: Path, backend: str, seed: int) -> None:
     result = Trial(world, backend, seed, tmp_path).run()
+    assert not result.error, f"harness error: {result.error}"
     assert result.faults["job_started"] >= 4
     assert not result.violations, "\n".join([*result.violations, *result.notes, "replay: " + replay_command(seed, backend)])
 

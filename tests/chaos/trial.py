@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +29,9 @@ import yaml
 from shipit.gate.base import ACTIVE_STATES, Store
 from shipit.gate.url import open_store
 from tests.chaos import invariants
-from tests.chaos.world import MOUNT, World, ensure_up
-from tests.e2e.deploy_harness import HomeHost
-from tests.harness.sshd import SHIPIT_COMMAND, _descendants, ssh_section
+from tests.chaos.world import MOUNT, SHIPIT_COMMAND, ChaosHost, World, ensure_up
+from tests.chaos.zygote import Child
+from tests.harness.sshd import _descendants, ssh_section
 
 TTL = 3.0
 SHIPIT = [sys.executable, "-m", "shipit"]
@@ -45,6 +46,9 @@ MOMENTS = {
     "restarted": ("job.restarted", None),
 }
 DEPLOY_TIMEOUT = 120.0
+# Clock skew: the share of trials that put one host's clock off, and by how much (seconds).
+SKEW_RATE = 0.3
+SKEWS = (-5, -4, -3, -2, 2, 3, 4, 5)
 
 
 @dataclass
@@ -56,6 +60,33 @@ class TrialResult:
     notes: list[str] = field(default_factory=list)
     observed: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # step -> seconds spent in it
+    error: str = ""  # the harness itself failed (not an invariant): the trial proved nothing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "backend": self.backend, "faults": dict(self.faults),
+                "observed": dict(self.observed), "violations": self.violations, "notes": self.notes,
+                "seconds": self.seconds, "timings": self.timings, **({"error": self.error} if self.error else {})}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialResult:
+        return cls(seed=int(d["seed"]), backend=str(d["backend"]), faults=Counter(d.get("faults", {})),
+                   violations=list(d.get("violations", [])), notes=list(d.get("notes", [])),
+                   observed=Counter(d.get("observed", {})), seconds=float(d.get("seconds", 0.0)),
+                   timings=dict(d.get("timings", {})), error=str(d.get("error", "")))
+
+
+@dataclass
+class App:
+    """One deployed application (its source, its trees on the hosts, its database). A trial that
+    ends healthy (no violation, the final deploy succeeded, every host on one release) leaves it
+    for the next trial of its backend, which starts from that state with an empty job store
+    instead of paying a first deploy."""
+
+    name: str
+    dir: Path
+    dsn: str | None = None
+    healthy: bool = False
 
 
 @dataclass
@@ -63,7 +94,7 @@ class Deploy:
     index: int
     fail_hook: str | None
     kill: tuple[str, int, float] | None  # (moment, signal, delay after it)
-    proc: subprocess.Popen[str] | None = None
+    proc: subprocess.Popen[str] | Child | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     killed_with: int | None = None
     killed_at_moment: str | None = None
@@ -72,15 +103,21 @@ class Deploy:
 
 
 class Trial:
-    def __init__(self, world: World, backend: str, seed: int, workdir: Path) -> None:
+    def __init__(self, world: World, backend: str, seed: int, workdir: Path, *, reuse: bool = True) -> None:
         self.world, self.backend, self.seed = world, backend, seed
         self.rng = random.Random(seed)
-        self.app = f"chaos-{backend[:2]}-{seed}"
-        self.dir = workdir / self.app
+        # The skew plan has its own generator, so the other draws of a seed stay what they were.
+        self.skew_rng = random.Random(f"skew-{seed}")
+        self.workdir, self.reuse = workdir, reuse
+        self.app = f"chaos-{world.tag}-{backend[:2]}-{seed}"
+        self.app_state: App | None = None
+        self.dir = workdir / self.app  # the app's source and shipit.yaml
+        self.tdir = workdir / f"trial-{seed}"  # this trial's ledgers and logs
         self.result = TrialResult(seed=seed, backend=backend)
-        self.env = dict(os.environ)
-        self.env.pop("CHAOS_FAIL", None)
+        self.env = world.env()
         self.dsn: str | None = None
+        self.skew: dict[str, int] = {}  # host name -> seconds off, for this trial
+        self.cli: list[subprocess.Popen[str] | Child] = []
         self.triggers: list[tuple[int, str, Any]] = []  # (deploy index, moment, action)
         self.lock = threading.Lock()
         self.dirty = False  # a fault hit a release mid-way: hosts may differ until a deploy succeeds
@@ -88,16 +125,71 @@ class Trial:
         self.job_procs: list[subprocess.Popen[bytes]] = []
         self.n_jobs = 0
 
+    @contextlib.contextmanager
+    def step(self, name: str) -> Any:
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.result.timings[name] = round(self.result.timings.get(name, 0.0) + time.monotonic() - t, 3)
+
     # -- setup ----------------------------------------------------------------------------------
-    def _setup(self) -> None:
-        if self.dir.exists():
-            shutil.rmtree(self.dir)
+    def _setup(self) -> bool:
+        """Prepare the app; True when it still needs its first deploy (a fresh app)."""
+        for k in ("ledgers", "logs"):
+            shutil.rmtree(self.tdir / k, ignore_errors=True)
+            (self.tdir / k).mkdir(parents=True)
+        drain_timeout = round(self.rng.uniform(0.2, 1.5), 2)
+        self._plan_skew()
+        old = self.world.apps.get(self.backend)
+        assert old is None or isinstance(old, App)
+        fresh = not (self.reuse and old is not None and old.healthy and self._reset(old))
+        if fresh:
+            if old is not None:
+                self._drop_app(old)
+            self.app_state = self._new_app()
+        assert self.app_state is not None
+        app = self.app_state
+        app.healthy = False
+        self.world.apps[self.backend] = app
+        self.app, self.dir, self.dsn = app.name, app.dir, app.dsn
+        if self.dsn:
+            self.env["SHIPIT_DSN"] = self.dsn
+        hooks = {p: [{"local": f'test "$CHAOS_FAIL" != {p}'}] for p in HOOK_POINTS}
+        cfg = {
+            "application": self.app,
+            "source": {"dir": str(self.dir / "src")},
+            "deploy_to": f"{MOUNT}/{self.app}",
+            "shipit_command": SHIPIT_COMMAND,
+            "ssh": ssh_section(self.world.hosts),
+            "jobs": {
+                "store": self.backend, "lease_ttl": TTL, "grace": 1.0, "max_restarts": 100,
+                "drain_timeout": drain_timeout, "drain_policy": "terminate",
+                "heartbeat": 0.5,
+            },
+            "hooks": hooks,
+            "stages": {"test": {"hosts": [h.name for h in self.world.hosts], "parallelism": 3}},
+        }
+        (self.dir / "shipit.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         for h in self.world.hosts:
-            shutil.rmtree(self.world.tree(h, self.app), ignore_errors=True)
-        src = self.dir / "src"
+            self.world.set_skew(h, self.skew.get(h.name, 0))
+        if self.skew:
+            self.result.faults["clock_skew"] += 1
+            self.result.notes += [f"clock of {name} {off:+d}s off" for name, off in self.skew.items()]
+        return fresh
+
+    def _plan_skew(self) -> None:
+        if self.skew_rng.random() < SKEW_RATE:
+            host = self.skew_rng.choice(self.world.hosts)
+            self.skew[host.name] = self.skew_rng.choice(SKEWS)
+
+    def _new_app(self) -> App:
+        app = App(name=self.app, dir=self.workdir / self.app)
+        shutil.rmtree(app.dir, ignore_errors=True)
+        for h in self.world.hosts:
+            shutil.rmtree(self.world.tree(h, app.name), ignore_errors=True)
+        src = app.dir / "src"
         src.mkdir(parents=True)
-        (self.dir / "ledgers").mkdir()
-        (self.dir / "logs").mkdir()
         shutil.copy(Path(__file__).with_name("ledger_job.py"), src / "ledger_job.py")
         (src / "app.py").write_text("VERSION = 1\n")
         if self.backend == "postgres":
@@ -105,34 +197,57 @@ class Trial:
             import psycopg
 
             with psycopg.connect(self.world.pg.dsn(), autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{self.app}" WITH (FORCE)')
-                conn.execute(f'CREATE DATABASE "{self.app}"')
-            self.dsn = self.world.pg.dsn(self.app)
-            self.env["SHIPIT_DSN"] = self.dsn
-        hooks = {p: [{"local": f'test "$CHAOS_FAIL" != {p}'}] for p in HOOK_POINTS}
-        cfg = {
-            "application": self.app,
-            "source": {"dir": str(src)},
-            "deploy_to": f"{MOUNT}/{self.app}",
-            "shipit_command": SHIPIT_COMMAND,
-            "ssh": ssh_section(self.world.hosts),
-            "jobs": {
-                "store": self.backend, "lease_ttl": TTL, "grace": 1.0, "max_restarts": 100,
-                "drain_timeout": round(self.rng.uniform(0.2, 1.5), 2), "drain_policy": "terminate",
-                "heartbeat": 0.5,
-            },
-            "hooks": hooks,
-            "stages": {"test": {"hosts": [h.name for h in self.world.hosts], "parallelism": 3}},
-        }
-        (self.dir / "shipit.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+                conn.execute(f'DROP DATABASE IF EXISTS "{app.name}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{app.name}"')
+            app.dsn = self.world.pg.dsn(app.name)
+        return app
+
+    def _reset(self, app: App) -> bool:
+        """Empty the job stores of a healthy app (the releases stay); False if that failed."""
+        try:
+            if app.dsn:
+                import psycopg
+
+                with psycopg.connect(app.dsn, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute("SET lock_timeout = '10s'")
+                    names = [r[0] for r in conn.execute(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'shipit%'")]
+                    if names:
+                        conn.execute("DROP TABLE " + ", ".join(f'"{n}"' for n in names) + " CASCADE")
+            else:
+                for h in self.world.hosts:
+                    store_dir = self.world.tree(h, app.name) / "shared" / "shipit"
+                    if store_dir.exists():
+                        shutil.rmtree(store_dir)
+        except Exception as e:  # noqa: BLE001 - fall back to a fresh app
+            self.result.notes.append(f"could not reuse {app.name}: {e}")
+            return False
+        self.app_state = app
+        return True
+
+    def _drop_app(self, app: App) -> None:
+        for h in self.world.hosts:
+            shutil.rmtree(self.world.tree(h, app.name), ignore_errors=True)
+        shutil.rmtree(app.dir, ignore_errors=True)
+        if app.dsn and self.world.pg is not None:
+            with contextlib.suppress(Exception):
+                import psycopg
+
+                with psycopg.connect(self.world.pg.dsn(), autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{app.name}" WITH (FORCE)')
+
+    def _cli_argv(self, *args: str) -> list[str]:
+        return ["--config", str(self.dir / "shipit.yaml"), *args]
 
     def shipit(self, *args: str, timeout: float = DEPLOY_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        if self.world.zygote is not None:
+            return self.world.zygote.run(self._cli_argv(*args), env=self.env, timeout=timeout)
         return subprocess.run(
-            [*SHIPIT, "--config", str(self.dir / "shipit.yaml"), *args], capture_output=True,
+            [*SHIPIT, *self._cli_argv(*args)], capture_output=True,
             text=True, timeout=timeout, env=self.env, check=False, stdin=subprocess.DEVNULL,
         )
 
-    def store_url(self, host: HomeHost, *, outside: bool) -> str:
+    def store_url(self, host: ChaosHost, *, outside: bool) -> str:
         base = str(self.world.tree(host, self.app)) if outside else f"{MOUNT}/{self.app}"
         if self.backend == "file":
             return f"file:{base}/shared/shipit"
@@ -148,7 +263,7 @@ class Trial:
         return [(h.name, open_store(self.store_url(h, outside=True))) for h in self.world.hosts]
 
     # -- jobs -----------------------------------------------------------------------------------
-    def start_job(self, host: HomeHost) -> None:
+    def start_job(self, host: ChaosHost) -> None:
         if not host.running:
             return
         with self.lock:
@@ -158,16 +273,16 @@ class Trial:
         stateful = self.rng.random() < 0.7
         total = self.rng.randint(60, 200) if long else self.rng.randint(3, 12)
         delay = round(self.rng.uniform(0.02, 0.06), 3)
-        ledger = self.dir / "ledgers" / f"j{n}.txt"
+        ledger = self.tdir / "ledgers" / f"j{n}.txt"
         argv = [
             *self.world.nsenter(host), *SHIPIT, "job", "run", "--store", self.store_url(host, outside=False),
             "--host", host.name, "--name", f"j{n}", "--cwd", f"{MOUNT}/{self.app}/current",
             "--grace", "1", "--heartbeat", "0.3", "--max-wait", "60",
             "--", sys.executable, "ledger_job.py", str(ledger), str(total), str(delay), "1" if stateful else "0",
         ]
-        with open(self.dir / "logs" / f"j{n}.log", "ab") as log:
+        with open(self.tdir / "logs" / f"j{n}.log", "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    env=self.env, start_new_session=True)
+                                    env={**self.env, **self.world.host_env(host)}, start_new_session=True)
         self.job_procs.append(proc)
         self.result.faults["job_started"] += 1
 
@@ -253,12 +368,16 @@ class Trial:
         if d.fail_hook:
             env["CHAOS_FAIL"] = d.fail_hook
             self.result.faults["failing_hook"] += 1
-        with open(self.dir / "logs" / f"deploy{d.index}.err", "ab") as err:
-            d.proc = subprocess.Popen(
-                [*SHIPIT, "--config", str(self.dir / "shipit.yaml"), "deploy", "test", "--yes", "--json"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
-                start_new_session=True,
-            )
+        argv = self._cli_argv("deploy", "test", "--yes", "--json")
+        with open(self.tdir / "logs" / f"deploy{d.index}.err", "ab") as err:
+            if self.world.zygote is not None:
+                d.proc = self.world.zygote.popen(argv, env=env, stdout=subprocess.PIPE, stderr=err)
+            else:
+                d.proc = subprocess.Popen(
+                    [*SHIPIT, *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                    text=True, env=env, start_new_session=True,
+                )
+        self.cli.append(d.proc)
         self._thread(self._read_events, d)
 
     def _read_events(self, d: Deploy) -> None:
@@ -276,7 +395,7 @@ class Trial:
             if d.kill and d.kill[0] == moment and d.killed_with is None:
                 time.sleep(d.kill[2])
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(d.proc.pid, d.kill[1])
+                    d.proc.send_signal(d.kill[1])
                     d.killed_with, d.killed_at_moment = d.kill[1], moment
                     name = "deploy_sigkill" if d.kill[1] == signal.SIGKILL else "deploy_sigterm"
                     self.result.faults[f"{name}@{moment}"] += 1
@@ -307,21 +426,33 @@ class Trial:
     # -- the trial ------------------------------------------------------------------------------
     def run(self) -> TrialResult:
         start = time.monotonic()
+        healthy = False
         try:
-            self._run()
+            healthy = self._run()
+        except Exception as e:  # noqa: BLE001 - the harness failed, not shipit: say so, go on
+            frames = traceback.extract_tb(e.__traceback__)
+            where = [f for f in frames if "/tests/" in f.filename][-3:] + frames[-1:]
+            self.result.error = (f"{type(e).__name__}: {e} (at "
+                                 + " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(where)) + ")")[:2000]
         finally:
-            self.cleanup()
+            with self.step("cleanup"):
+                self.cleanup(keep=healthy and not self.result.violations)
             self.result.seconds = round(time.monotonic() - start, 1)
         return self.result
 
-    def _run(self) -> None:
-        self._setup()
-        first = self.shipit("deploy", "test", "--yes")
-        if first.returncode != 0:
-            self.result.violations.append(f"setup: first deploy failed: {first.stderr.strip()[-300:]}")
-            return
-        self.burst()
-        time.sleep(self.rng.uniform(0.3, 1.2))
+    def _run(self) -> bool:
+        """The trial; True when it leaves the app healthy for the next one."""
+        with self.step("setup"):
+            fresh = self._setup()
+        if fresh:
+            with self.step("first_deploy"):
+                first = self.shipit("deploy", "test", "--yes")
+            if first.returncode != 0:
+                self.result.violations.append(f"setup: first deploy failed: {first.stderr.strip()[-300:]}")
+                return False
+        with self.step("burst_and_pause"):
+            self.burst()
+            time.sleep(self.rng.uniform(0.3, 1.2))
         deploys = [self.plan_deploy(i) for i in range(self.rng.randint(1, 3))]
         overlap = [False] + [self.rng.random() < 0.5 for _ in deploys[1:]]
         job_faults = [(self.rng.uniform(0.0, 3.0), self.rng.random() < 0.5 and self.backend != "postgres")
@@ -339,42 +470,79 @@ class Trial:
                     fn()
 
         self._thread(background)
-        for i, d in enumerate(deploys):
-            if i and not overlap[i]:
-                self.wait_deploy(deploys[i - 1])
-            elif i:
-                time.sleep(self.rng.uniform(0.0, 1.0))
-            self.start_deploy(d)
-        for d in deploys:
-            if d.exit_code is None:
-                self.wait_deploy(d)
-        for t in self.threads:
-            t.join(timeout=30)
-        ensure_up(self.world)
-        self.check(deploys)
+        with self.step("deploys"):
+            for i, d in enumerate(deploys):
+                if i and not overlap[i]:
+                    self.wait_deploy(deploys[i - 1])
+                elif i:
+                    time.sleep(self.rng.uniform(0.0, 1.0))
+                self.start_deploy(d)
+            for d in deploys:
+                if d.exit_code is None:
+                    self.wait_deploy(d)
+        with self.step("join_threads"):
+            for t in self.threads:
+                t.join(timeout=30)
+        with self.step("ensure_up"):
+            ensure_up(self.world)
+        return self.check(deploys)
 
-    def check(self, deploys: list[Deploy]) -> None:
+    def check(self, deploys: list[Deploy]) -> bool:
         ended = max(d.ended_at for d in deploys)
         v = self.result.violations
-        v += invariants.lease_expires(self.stores, ended + TTL + TTL / 3 + 1.5)
-        reconciled = self.shipit("jobs", "reconcile", "test")
+        with self.step("check_e_lease"):
+            v += invariants.lease_expires(self.stores, ended + TTL + TTL / 3 + 1.5,
+                                          offsets=self.clock_offsets(), probe=self.probe_on_host)
+        with self.step("reconcile"):
+            reconciled = self.shipit("jobs", "reconcile", "test")
         if reconciled.returncode != 0:
             v.append(f"(b) jobs reconcile exited {reconciled.returncode}: {reconciled.stderr.strip()[-300:]}")
-        v += invariants.restarted_once(self.stores, when="after reconcile")
-        v += invariants.no_run_in_closed_gate(self.stores, TTL)
-        v += invariants.releases_complete(self.world, self.app, same=not self.dirty)
-        if self.dirty and invariants.releases_complete(self.world, self.app, same=True):
-            self.result.observed["mixed_stage_until_next_deploy"] += 1
-        final = self.shipit("deploy", "test", "--yes")
+        with self.step("check_b_after_reconcile"):
+            v += invariants.restarted_once(self.stores, when="after reconcile")
+        with self.step("check_a_d"):
+            v += invariants.no_run_in_closed_gate(self.stores, TTL)
+            v += invariants.releases_complete(self.world, self.app, same=not self.dirty)
+            if self.dirty and invariants.releases_complete(self.world, self.app, same=True):
+                self.result.observed["mixed_stage_until_next_deploy"] += 1
+        with self.step("final_deploy"):
+            final = self.shipit("deploy", "test", "--yes")
         if final.returncode != 0:
             v.append(f"(f) plain deploy after the trial exited {final.returncode}: {final.stderr.strip()[-300:]}")
         else:
             v += invariants.releases_complete(self.world, self.app, same=True)
-        v += invariants.restarted_once(self.stores, when="after the final deploy")
-        self.kill_everything()
-        self.observe()
-        v += invariants.no_run_in_closed_gate(self.stores, TTL)
-        v += invariants.ledgers(self.stores, self.dir / "ledgers")
+        healthy = final.returncode == 0 and not v
+        with self.step("check_b_after_final"):
+            v += invariants.restarted_once(self.stores, when="after the final deploy")
+        with self.step("kill_everything"):
+            self.kill_everything()
+        with self.step("check_a_c"):
+            self.observe()
+            v += invariants.no_run_in_closed_gate(self.stores, TTL)
+            v += invariants.ledgers(self.stores, self.tdir / "ledgers", skew=self.run_skew(),
+                                    seen=self.result.observed)
+        return healthy
+
+    # -- clocks ---------------------------------------------------------------------------------
+    def clock_offsets(self) -> dict[str, float]:
+        """Store label -> how far that store's clock is off: a per-host store is written with
+        its host's clock (agent and supervisors run there); PostgreSQL uses its own."""
+        if self.backend == "postgres":
+            return {}
+        return {h.name: float(h.skew) for h in self.world.hosts if h.skew}
+
+    def run_skew(self) -> dict[str, float]:
+        """Host name -> the skew the jobs there must show in their ledger lines."""
+        return {h.name: float(h.skew) for h in self.world.hosts}
+
+    def probe_on_host(self, label: str) -> str | None:
+        """(e)'s claim on a host whose clock is off, made there the way a job makes it (`shipit job
+        run` on the host's clock), so it judges the lease in the host's time. None: it got in."""
+        host = next(h for h in self.world.hosts if h.name == label)
+        argv = [*self.world.nsenter(host), *SHIPIT, "job", "run", "--store", self.store_url(host, outside=False),
+                "--host", host.name, "--name", invariants.PROBE, "--max-wait", "1", "--", "true"]
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
+                             env={**self.env, **self.world.host_env(host)}, stdin=subprocess.DEVNULL)
+        return None if res.returncode == 0 else f"exit {res.returncode}: {res.stderr.strip()[-300:]}"
 
     def observe(self) -> None:
         """What the trial exercised, from the records: so a run of trials that never stopped or
@@ -394,31 +562,51 @@ class Trial:
     def kill_everything(self) -> None:
         """End every process of this trial: the supervisors I started, the ones deploys started
         (found by the trial's name in their command line or environment) and their jobs."""
+        self._kill_cli()
         token = self.app.encode()
-        for _ in range(3):
+        for _ in range(5):
             found = False
             for entry in os.listdir("/proc"):
                 if not entry.isdigit() or int(entry) == os.getpid():
                     continue
                 try:
-                    blob = Path(f"/proc/{entry}/cmdline").read_bytes() + Path(f"/proc/{entry}/environ").read_bytes()
+                    cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                    blob = cmdline + Path(f"/proc/{entry}/environ").read_bytes()
                 except OSError:
                     continue
-                if token in blob and b"sshd" not in Path(f"/proc/{entry}/cmdline").read_bytes()[:40]:
+                # Not the servers: sshd, and PostgreSQL's backends, whose title names the database
+                # (SIGKILL to one makes the server crash-restart: a fault nobody planned).
+                if token in blob and b"sshd" not in cmdline[:40] and not cmdline.startswith(b"postgres:"):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(int(entry), signal.SIGKILL)
                         found = True
             if not found:
                 break
-            time.sleep(0.3)
+            time.sleep(0.1)  # then look again: a process killed mid-spawn may have left a child
         for p in self.job_procs:
             with contextlib.suppress(Exception):
                 p.wait(timeout=5)
 
-    def cleanup(self) -> None:
+    def _kill_cli(self) -> None:
+        """The shipit commands of this trial (forked by the zygote, their argv and environment in
+        /proc are the zygote's, so the token scan does not find them)."""
+        for c in self.cli:
+            if c.poll() is None:
+                c.kill()
+        for c in self.cli:
+            with contextlib.suppress(Exception):
+                c.wait(timeout=10)
+
+    def cleanup(self, *, keep: bool = False) -> None:
+        """End the trial's processes; keep the app for the next trial, or drop it."""
+        with contextlib.suppress(Exception):
+            self._kill_cli()
         with contextlib.suppress(Exception):
             self.kill_everything()
         with contextlib.suppress(Exception):
             ensure_up(self.world)
-        for h in self.world.hosts:
-            shutil.rmtree(self.world.tree(h, self.app), ignore_errors=True)
+        if self.app_state is not None:
+            self.app_state.healthy = keep
+            if not keep:
+                self.world.apps.pop(self.backend, None)
+                self._drop_app(self.app_state)

@@ -1,32 +1,112 @@
 """The servers a chaos run works against: sshd hosts (each in its own mount namespace, so one
 deploy_to is a separate tree per host) and one PostgreSQL cluster. Started once per run, shared
-by every trial; each trial deploys a fresh application (and gets a fresh database)."""
+by every trial, with a zygote (tests/chaos/zygote.py) that starts the trials' shipit commands
+without paying the interpreter start each time.
+
+Every process of a run, on the test side and on the hosts (`shipit_command`), imports shipit from
+this checkout (PYTHONPATH), never from whatever is installed: the run tests the code in front of it.
+
+A host can be given a clock a few seconds off (`set_skew`): its sshd is restarted with
+LD_PRELOAD=libfaketime and FAKETIME="+Ns" in every session's environment (sshd_config SetEnv),
+so the host agent, the jobs it restarts and the supervisors the trial starts there (`host_env`)
+all read that clock.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import secrets
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.chaos.zygote import Zygote, wanted
 from tests.e2e.deploy_harness import MOUNT, HomeHost, _namespaces_work
 from tests.harness.postgres import PG_BIN, PgCluster, _ensure_user, _free_port
-from tests.harness.sshd import SSHD, SSHDPool, free_port, new_pool
+from tests.harness.sshd import SSHD, USER, SSHDPool, free_port, new_pool
+
+REPO = str(Path(__file__).resolve().parents[2])
+# The shipit the hosts run: this checkout's, with this interpreter.
+SHIPIT_COMMAND = f"env PYTHONPATH={shlex.quote(REPO)} {shlex.quote(sys.executable)} -m shipit"
+FAKETIME_LIBS = ("/usr/lib/*/faketime/libfaketime.so.1", "/usr/local/lib/faketime/libfaketime.so.1",
+                 "/usr/lib/faketime/libfaketime.so.1")
 
 
 class WorldUnavailable(RuntimeError):
     """A server the chaos suite needs is missing (message names it)."""
 
 
+def faketime_lib() -> str | None:
+    for pattern in FAKETIME_LIBS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+def build_faketime_preload(root: Path) -> str:
+    """LD_PRELOAD value for a skewed process: libfaketime, behind a fix for its monotonic sleeps
+    (tests/chaos/faketime_fix.c, compiled here with cc)."""
+    lib = faketime_lib()
+    if lib is None:
+        raise WorldUnavailable("libfaketime not installed (clock skew fault): run scripts/install-test-deps.sh")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise WorldUnavailable("no C compiler (cc) to build tests/chaos/faketime_fix.c: run scripts/install-test-deps.sh")
+    fix = root / "faketime_fix.so"
+    res = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(fix), str(Path(__file__).with_name("faketime_fix.c")),
+                          "-ldl"], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise WorldUnavailable(f"cannot build tests/chaos/faketime_fix.c: {res.stderr.strip()[-500:]}")
+    return f"{fix}:{lib}"
+
+
+def skew_env(preload: str, seconds: int) -> dict[str, str]:
+    """The environment that puts a process `seconds` off the real clock (empty: no skew).
+    CLOCK_MONOTONIC stays real, so intervals are unchanged and a ledger line can carry both
+    clocks (tests/chaos/ledger_job.py) to show the skew was in effect."""
+    if not seconds:
+        return {}
+    return {"LD_PRELOAD": preload, "FAKETIME": f"{seconds:+d}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+@dataclass
+class ChaosHost(HomeHost):
+    """A HomeHost whose sessions can run on a clock `skew` seconds off."""
+
+    __test__ = False
+    skew: int = 0
+    preload: str = ""
+
+    def _write_config(self) -> Path:
+        config = super()._write_config()
+        extra = " ".join(f"{k}={v}" for k, v in skew_env(self.preload, self.skew).items())
+        if extra:
+            lines = [f"{line} {extra}" if line.startswith("SetEnv ") else line
+                     for line in config.read_text().splitlines()]
+            config.write_text("\n".join(lines) + "\n")
+        return config
+
+
 @dataclass
 class World:
     root: Path
-    hosts: list[HomeHost] = field(default_factory=list)
+    hosts: list[ChaosHost] = field(default_factory=list)
     pool: SSHDPool | None = None
     pg: PgCluster | None = None
+    zygote: Zygote | None = None
+    # One deployed application per backend, reused by the next trial while it is healthy.
+    apps: dict[str, object] = field(default_factory=dict)
+    # In every app name of this run: two runs at once on one machine never share a name (a trial
+    # ends its processes by finding its app's name in their command line or environment).
+    tag: str = field(default_factory=lambda: secrets.token_hex(2))
 
     @classmethod
     def start(cls, root: Path, *, n_hosts: int = 3, postgres: bool = True) -> World:
@@ -35,6 +115,7 @@ class World:
         if not _namespaces_work():
             raise WorldUnavailable("mount namespaces (unshare -m) are not available")
         root.mkdir(parents=True, exist_ok=True)
+        preload = build_faketime_preload(root)
         world = cls(root=root)
         (root / "ssh").mkdir(mode=0o700)
         world.pool = new_pool(root / "ssh")
@@ -42,16 +123,21 @@ class World:
             port = free_port()
             d = root / f"host-{port}"
             d.mkdir(mode=0o700)
-            world.hosts.append(HomeHost(pool=world.pool, port=port, dir=d))
+            world.hosts.append(ChaosHost(pool=world.pool, port=port, dir=d, preload=preload))
         for h in world.hosts:
             h.spawn()
         for h in world.hosts:
             h.wait_ready()
         if postgres:
             world.pg = _start_pg()
+        if wanted():
+            world.zygote = Zygote(world.env())
         return world
 
     def stop(self) -> None:
+        if self.zygote is not None:
+            with contextlib.suppress(Exception):
+                self.zygote.close()
         for h in self.hosts:
             with contextlib.suppress(Exception):
                 h.kill()
@@ -59,6 +145,15 @@ class World:
             with contextlib.suppress(Exception):
                 self.pg.stop("immediate")
             shutil.rmtree(self.pg.root, ignore_errors=True)
+
+    def env(self) -> dict[str, str]:
+        """The environment of the run's shipit processes on this side."""
+        env = dict(os.environ)
+        env.pop("CHAOS_FAIL", None)
+        for k in ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC"):
+            env.pop(k, None)
+        env["PYTHONPATH"] = os.pathsep.join([REPO, *filter(None, [os.environ.get("PYTHONPATH")])])
+        return env
 
     def tree(self, host: HomeHost, app: str) -> Path:
         """The host's deploy_to, seen from this (the test's) mount namespace."""
@@ -68,6 +163,43 @@ class World:
         """argv prefix that runs a command inside the host's mount namespace (as if on it)."""
         assert host.proc is not None
         return ["nsenter", "-t", str(host.proc.pid), "-m", "--"]
+
+    def host_env(self, host: ChaosHost) -> dict[str, str]:
+        """What a process started on the host (through nsenter) adds to its environment."""
+        return skew_env(host.preload, host.skew)
+
+    def set_skew(self, host: ChaosHost, seconds: int) -> None:
+        """Give the host a clock `seconds` off (0: the real clock); restarts its sshd if needed,
+        then checks that a process on the host, both through nsenter and through an SSH
+        session, reads that clock (raises WorldUnavailable when it does not)."""
+        if host.skew == seconds and host.running:
+            return
+        host.kill()
+        host.skew = seconds
+        host.start()
+        if seconds:
+            self.check_skew(host)
+
+    def check_skew(self, host: ChaosHost) -> None:
+        probe = [sys.executable, "-c", "import time; print(time.time() - time.monotonic())"]
+        base = time.time() - time.monotonic()
+        via_ns = subprocess.run([*self.nsenter(host), *probe], capture_output=True, text=True, timeout=30,
+                                env={**self.env(), **self.host_env(host)}, check=False)
+        assert self.pool is not None
+        via_ssh = subprocess.run(
+            ["ssh", "-p", str(host.port), "-i", str(self.pool.client_key), "-o", "BatchMode=yes",
+             "-o", f"UserKnownHostsFile={self.pool.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+             f"{USER}@127.0.0.1", shlex.join(probe)],
+            capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
+        )
+        for how, res in (("nsenter", via_ns), ("ssh", via_ssh)):
+            try:
+                seen = float(res.stdout.strip()) - base
+            except ValueError:
+                raise WorldUnavailable(f"skew probe on {host.name} via {how} failed: {res.stderr.strip()[-300:]}") from None
+            if abs(seen - host.skew) > 0.5:
+                raise WorldUnavailable(f"{host.name} should be {host.skew:+d}s off, a process there via {how} "
+                                       f"reads {seen:+.2f}s: libfaketime did not take effect")
 
 
 def _start_pg() -> PgCluster:
@@ -98,6 +230,18 @@ def ensure_up(world: World) -> None:
                              capture_output=True, check=False)
         if res.returncode != 0:
             world.pg.start()
+        # Running is not ready: after a crash restart the server replays its WAL first.
+        import psycopg
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                psycopg.connect(world.pg.dsn(), connect_timeout=5).close()
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
 
-__all__ = ["MOUNT", "World", "WorldUnavailable", "ensure_up"]
+__all__ = ["MOUNT", "SHIPIT_COMMAND", "ChaosHost", "World", "WorldUnavailable", "ensure_up"]
