@@ -190,3 +190,74 @@ def test_sigterm_during_a_deploy_cleans_up_and_exits_130(project: Path) -> None:
     assert summary["outcome"] == "interrupted"
     assert summary["exit_code"] == 130
     assert not (project / "deploy" / "current").exists()
+
+
+def run_in_pty(project: Path, *args: str, rows: int, cols: int = 80, **more: str) -> tuple[int, str]:
+    """`shipit ARGS` on a terminal of rows x cols; returns the exit code and what it showed."""
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shipit", *args], cwd=project,
+        env=env(TERM="xterm", TZ="UTC", **more), stdin=follower, stdout=follower, stderr=follower,
+    )
+    os.close(follower)
+    try:
+        seen = read_until(leader, b"\0never\0")
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+    return code, seen.decode(errors="replace").replace("\r\n", "\n")
+
+
+def test_jobs_list_pages_and_offsets(project: Path) -> None:
+    assert shipit(project, "deploy", "demo").returncode == 0
+    store = f"file:{project / 'deploy' / 'shared' / 'shipit'}"
+    for _ in range(6):
+        ran = shipit(project, "job", "run", "--name", "tick", "--store", store, "--", "true")
+        assert ran.returncode == 0, ran.stderr
+    listed = shipit(project, "jobs", "list", "demo")
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 6 and all("  tick  finished  " in line for line in lines)
+    older = shipit(project, "jobs", "list", "demo", "-n", "2", "--offset", "4")
+    assert older.stdout.splitlines() == lines[4:]
+    paged = project / "paged.txt"
+    code, shown = run_in_pty(project, "jobs", "list", "demo", rows=4,
+                             PAGER=f"sh -c 'cat > {paged}'")
+    assert code == 0 and paged.read_text().splitlines() == lines
+    assert "tick" not in shown
+
+
+def test_jobs_show_hides_the_checkpoint_unless_asked_and_prints_iso_times(project: Path) -> None:
+    assert shipit(project, "deploy", "demo").returncode == 0
+    store = f"file:{project / 'deploy' / 'shared' / 'shipit'}"
+    saved = "token-like-checkpoint-data"
+    job = f"{sys.executable} -m shipit job checkpoint '{{\"next\": 3, \"note\": \"{saved}\"}}'"
+    ran = shipit(project, "job", "run", "--name", "ck", "--store", store, "--", "sh", "-c", job)
+    assert ran.returncode == 0, ran.stderr
+    run_id = json.loads(shipit(project, "jobs", "list", "demo", "--json").stdout)[0]["id"]
+    text = shipit(project, "jobs", "show", "demo", run_id).stdout
+    fields = dict(line.split(None, 1) for line in text.splitlines())
+    assert fields["checkpoint"] == "<saved>"
+    assert [k for k, v in fields.items() if saved in v] == ["command"]  # only the job's own argv
+    for key in ("created_at", "started_at", "finished_at", "checkpoint_at"):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", fields[key]), (key, fields[key])
+    assert fields["continues"] == "-" and fields["env"] == "-"
+    assert fields["command"] == f"sh -c {shlex_quote(job)}"
+    as_json = json.loads(shipit(project, "jobs", "show", "demo", run_id, "--json").stdout)
+    assert as_json["checkpoint"] == "<saved>"  # the same as `jobs list --json` and the text
+    with_state = shipit(project, "jobs", "show", "demo", run_id, "--state").stdout
+    assert f'checkpoint         {{"next": 3, "note": "{saved}"}}' in with_state.splitlines()
+    full = json.loads(shipit(project, "jobs", "show", "demo", run_id, "--json", "--state").stdout)
+    assert full["checkpoint"] == {"next": 3, "note": saved}
+
+
+def shlex_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
