@@ -5,15 +5,17 @@ lines, JSON lines, the per-deploy log file, history, notifications) subscribe to
 Emitting is thread-safe because hosts are worked on in parallel threads.
 
 Event kinds in use (dotted, past tense for facts, `.started`/`.finished` for spans):
-  deploy.started      data: deploy_id, stage, revision, hosts, dry_run
+  deploy.started      data: deploy_id, stage, revision, hosts, dry_run, mode ("deploy"|"rollback"),
+                            and what is deployed: branch | source_dir, or rollback_to (None:
+                            the previous release)
   deploy.finished     data: deploy_id, outcome ("success"|"failed"|"rolled_back"|"interrupted"),
-                            durations {phase: seconds}, release, error
+                            durations {phase: seconds}, release, error, mode
   phase.started       phase
   phase.finished      phase, data: duration, ok
   host.command        host, phase, data: command (the exact shell text; dry-run prints these)
   host.output         host, phase, message: one line of output
   host.failed         host, phase, message
-  hook.started / hook.finished   data: hook, where
+  hook.started / hook.finished   data: hook, where (finished: ok)
   gate.closed / gate.reopened / gate.renewed / gate.forced   data: epoch, holder, host
   job.running         host, data: run (dict) — listed while draining
   job.stop_requested / job.stopped / job.finished / job.interrupted / job.restarted / job.given_up

@@ -187,8 +187,8 @@ def _execute(stage: StageConfig, opts: DeployOptions, bus: EventBus, mode: str, 
     st.secrets = _secret_values(stage)
     notifier = _notifier(stage, ctx, opts, mode)
     bus.emit(
-        "deploy.started", deploy_id=ctx.deploy_id, stage=stage.name, revision=opts.revision,
-        hosts=[h.name for h in hosts], dry_run=opts.dry_run, mode=mode,
+        "deploy.started", deploy_id=ctx.deploy_id, stage=stage.name, hosts=[h.name for h in hosts],
+        dry_run=opts.dry_run, mode=mode, **_what(stage, opts.revision, mode, to),
     )
     outcome, error, exit_code = ("dry_run" if opts.dry_run else "success"), None, 0
     gate_touched = False
@@ -225,12 +225,30 @@ def _execute(stage: StageConfig, opts: DeployOptions, bus: EventBus, mode: str, 
     drop_state(ctx)
     bus.emit(
         "deploy.finished", deploy_id=ctx.deploy_id, outcome=outcome, durations=result.durations,
-        release=ctx.release, error=error, exit_code=exit_code, revision=ctx.revision,
+        release=ctx.release, error=error, exit_code=exit_code, revision=ctx.revision, mode=mode,
     )
     if notifier is not None:
         # Bounded: a dead endpoint delays shipit's exit by at most this, never fails the deploy.
         notifier.close(10.0)
     return result
+
+
+def _what(stage: StageConfig, revision: str | None, mode: str, to: str | None) -> dict[str, Any]:
+    """What deploy.started says is being deployed: `revision` (asked for, or source.revision),
+    else `branch` for a repository, `source_dir` for a directory; `rollback_to` for a rollback
+    (None: the previous release)."""
+    if mode == "rollback":
+        return {"revision": None, "rollback_to": to}
+    source = stage.source
+    if source.dir:
+        base = Path(stage.config_path).resolve().parent
+        path = Path(source.dir)
+        with contextlib.suppress(ValueError):
+            path = path.resolve().relative_to(base) if path.resolve() != base else path
+        return {"revision": revision, "source_dir": str(path)}
+    if revision or source.revision:
+        return {"revision": revision or source.revision}
+    return {"revision": None, "branch": source.branch}
 
 
 def _notifier(stage: StageConfig, ctx: DeployContext, opts: DeployOptions, mode: str) -> Any:

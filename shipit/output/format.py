@@ -96,7 +96,8 @@ def describe(event: Event) -> str:
         count = f"{len(hosts)} host{'s' * (len(hosts) != 1)}"
         return f"{started_what(d)} ({count}), deploy {d.get('deploy_id', '?')}"
     if kind == "deploy.finished":
-        text = f"deploy {d.get('deploy_id', '?')} {d.get('outcome', '?')}"
+        what = "rollback" if d.get("mode") == "rollback" else "deploy"
+        text = f"{what} {d.get('deploy_id', '?')} {d.get('outcome', '?')}"
         if d.get("release"):
             text += f", release {d['release']}"
         if d.get("error"):
@@ -115,7 +116,10 @@ def describe(event: Event) -> str:
         return f"FAILED: {event.message}"
     if kind in ("hook.started", "hook.finished"):
         where = f" ({d['where']})" if d.get("where") else ""
-        verb = "running" if kind == "hook.started" else "finished"
+        if kind == "hook.started":
+            verb = "running"
+        else:
+            verb = "FAILED" if d.get("ok") is False else "finished"
         return f"hook {d.get('hook', '?')}{where} {verb}"
     if kind.startswith("gate."):
         verb = kind.split(".", 1)[1]
@@ -139,6 +143,8 @@ def describe(event: Event) -> str:
             "release.rolled_back": "rolled back to",
             "release.removed": "removed",
         }.get(kind, kind.split(".", 1)[1].replace("_", " "))
+        if kind == "release.rolled_back" and not rel:
+            verb = "rolled back: no earlier release, current removed"
         text = f"{verb} {rel}".strip() if rel else verb
         return text + (f": {event.message}" if event.message else "")
     if kind == "log":

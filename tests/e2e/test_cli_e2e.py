@@ -115,7 +115,7 @@ def test_plain_output_off_a_tty_and_dry_run_changes_nothing(project: Path) -> No
     proc = shipit(project, "deploy", "demo", "--dry-run")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("dry run of HEAD to demo (1 host), deploy ")
+    assert lines[0].startswith("dry run: deploying directory src to demo (1 host), deploy ")
     assert "\x1b" not in proc.stdout
     assert any(line.startswith("[local] pre_deploy: $ ") for line in lines)
     assert any(line.startswith("summary: dry_run") for line in lines)
@@ -261,3 +261,33 @@ def shlex_quote(text: str) -> str:
     import shlex
 
     return shlex.quote(text)
+
+
+def test_headers_name_what_is_deployed_and_a_failed_hook_says_failed(project: Path) -> None:
+    first = shipit(project, "deploy", "demo")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.splitlines()[0].startswith("deploying directory src to demo (1 host), deploy ")
+    write_config(project, extra="    - run: echo broken >&2; exit 3")
+    failed = shipit(project, "deploy", "demo")
+    assert failed.returncode == 1
+    hook_lines = [line for line in failed.stdout.splitlines() if line.startswith(("after_release:", "[local] after_release:"))]
+    assert hook_lines == [
+        "after_release: hook after_release (hosts) running",
+        "[local] after_release: token is ********",
+        "after_release: hook after_release (hosts) finished",
+        "after_release: hook after_release (hosts) running",
+        "[local] after_release: FAILED: [local] command failed with exit code 3: echo broken >&2; exit 3",
+        "[local] after_release:   broken",
+        "after_release: hook after_release (hosts) FAILED",
+    ]
+    write_config(project)
+    second = shipit(project, "deploy", "demo")
+    assert second.returncode == 0
+    back = shipit(project, "rollback", "demo", "--yes")
+    assert back.returncode == 0, back.stdout + back.stderr
+    lines = back.stdout.splitlines()
+    assert lines[0].startswith("rolling back demo to the previous release (1 host), deploy ")
+    release = (project / "deploy" / "current").resolve().name
+    assert any(re.fullmatch(rf"rollback \S+ success, release {release}", line) for line in lines)
+    to = shipit(project, "rollback", "demo", "--yes", "--to", release)
+    assert to.stdout.splitlines()[0].startswith(f"rolling back demo to release {release} (1 host), ")

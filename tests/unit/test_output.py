@@ -79,7 +79,7 @@ def emit_deploy(bus: EventBus, *, dry_run: bool = False) -> None:
 
 
 PLAIN_LINES = [
-    "deploying abc123 to prod (2 hosts), deploy d-1",
+    "deploying revision abc123 to prod (2 hosts), deploy d-1",
     "pre_deploy: started",
     "[web1] pre_deploy: disk ok",
     "pre_deploy: done in 0.2s",
@@ -117,7 +117,7 @@ def test_plain_dry_run_prints_the_exact_commands() -> None:
     bus.subscribe(PlainRenderer(out))
     emit_deploy(bus, dry_run=True)
     lines = out.getvalue().splitlines()
-    assert lines[0] == "dry run of abc123 to prod (2 hosts), deploy d-1"
+    assert lines[0] == "dry run: deploying revision abc123 to prod (2 hosts), deploy d-1"
     assert "[web1] pre_deploy: $ mkdir -p /srv/app" in lines
 
 
@@ -319,3 +319,68 @@ def test_secrets_are_masked_in_every_channel(
     for text in texts + snapshots:
         assert SECRET not in text
         assert "hunter2" not in text
+
+
+@pytest.mark.parametrize(
+    ("data", "header"),
+    [
+        ({"source_dir": "examples/app"}, "deploying directory examples/app to prod (1 host), deploy d-1"),
+        ({"branch": "main"}, "deploying branch main to prod (1 host), deploy d-1"),
+        ({"revision": "v1.2", "branch": "main"}, "deploying revision v1.2 to prod (1 host), deploy d-1"),
+        ({"mode": "rollback"}, "rolling back prod to the previous release (1 host), deploy d-1"),
+        (
+            {"mode": "rollback", "rollback_to": "20260101000000000000"},
+            "rolling back prod to release 20260101000000000000 (1 host), deploy d-1",
+        ),
+        (
+            {"branch": "main", "dry_run": True},
+            "dry run: deploying branch main to prod (1 host), deploy d-1",
+        ),
+        ({}, "deploying HEAD to prod (1 host), deploy d-1"),
+    ],
+)
+def test_the_header_names_what_is_deployed(data: dict, header: str) -> None:
+    out = io.StringIO()
+    bus = EventBus()
+    bus.subscribe(PlainRenderer(out))
+    bus.emit("deploy.started", deploy_id="d-1", stage="prod", hosts=["web1"], **data)
+    assert out.getvalue().splitlines() == [header]
+
+
+def test_a_rollback_ends_saying_rollback() -> None:
+    out = io.StringIO()
+    bus = EventBus()
+    bus.subscribe(PlainRenderer(out))
+    bus.emit("deploy.finished", deploy_id="d-1", outcome="success", release="R1", mode="rollback")
+    assert out.getvalue().splitlines() == ["rollback d-1 success, release R1"]
+
+
+def test_a_failed_hook_says_failed_twice_never_finished() -> None:
+    out = io.StringIO()
+    bus = EventBus()
+    bus.subscribe(PlainRenderer(out))
+    bus.emit("hook.started", phase="after_release", hook="after_release", where="hosts", command="x")
+    bus.emit("host.failed", host="web1", phase="after_release", message="`x` exited 3")
+    bus.emit("hook.finished", phase="after_release", hook="after_release", where="hosts", ok=False)
+    bus.emit("hook.started", phase="after_release", hook="after_release", where="local", command="y")
+    bus.emit("hook.finished", phase="after_release", hook="after_release", where="local", ok=True)
+    assert out.getvalue().splitlines() == [
+        "after_release: hook after_release (hosts) running",
+        "[web1] after_release: FAILED: `x` exited 3",
+        "after_release: hook after_release (hosts) FAILED",
+        "after_release: hook after_release (local) running",
+        "after_release: hook after_release (local) finished",
+    ]
+
+
+def test_record_fields_read_as_text() -> None:
+    from shipit.output.format import show_value
+
+    assert show_value("created_at", 1796110015.304252) == "2026-12-01T07:26:55.304Z"
+    assert show_value("command", ["python3", "jobs/crunch.py", "a b"]) == "python3 jobs/crunch.py 'a b'"
+    assert show_value("env", ["A", "B"]) == "A, B"
+    assert show_value("env", []) == "-"
+    assert show_value("continues", None) == "-"
+    assert show_value("progress_done", 42.0) == "42"
+    assert show_value("checkpoint", {"next": 43}) == '{"next": 43}'
+    assert show_value("pid", 4258) == "4258"
