@@ -117,8 +117,14 @@ def summary(event: Event, source: dict[str, Any]) -> str:
         )
         actor = _str(source.get("actor"))
         by = f" by {actor}" if actor else ""
+        if _is_rollback(event, source):
+            to = _str(data.get("rollback_to"))
+            target = f"release {to}" if to else "the previous release"
+            return f"Rolling back {app} on {stage} to {target}{count}{by}"
         return f"Deploying {app}{' ' + rev[:12] if rev else ''} to {stage}{count}{by}"
     if kind == "deploy.finished":
+        if _is_rollback(event, source):
+            return _rollback_finished(event, app, stage)
         return _finished(event, app, stage)
     if kind in ("gate.closed", "gate.reopened", "gate.forced"):
         verb = {"gate.closed": "closed", "gate.reopened": "reopened", "gate.forced": "FORCED"}[kind]
@@ -133,10 +139,13 @@ def summary(event: Event, source: dict[str, Any]) -> str:
     return f"{kind}{on_host}{': ' + text if text else ''}"
 
 
-def _finished(event: Event, app: str, stage: str) -> str:
+def _is_rollback(event: Event, source: dict[str, Any]) -> bool:
+    """`shipit rollback` (deploy.started / deploy.finished say so, else the notifier's source)."""
+    return (_str(event.data.get("mode")) or _str(source.get("mode"))) == "rollback"
+
+
+def _took_and_why(event: Event, outcome: str) -> tuple[str, str]:
     data = event.data
-    outcome = _str(data.get("outcome")) or "finished"
-    release = _str(data.get("release"))
     took = ""
     durations = data.get("durations")
     if isinstance(durations, dict):
@@ -145,6 +154,29 @@ def _finished(event: Event, app: str, stage: str) -> str:
             took = f" in {duration(total)}"
     error = _str(data.get("error")) or (_str(event.message) if outcome != "success" else None)
     why = f": {error.strip().splitlines()[0]}" if error and error.strip() else ""
+    return took, why
+
+
+def _rollback_finished(event: Event, app: str, stage: str) -> str:
+    outcome = _str(event.data.get("outcome")) or "finished"
+    release = _str(event.data.get("release"))
+    took, why = _took_and_why(event, outcome)
+    if outcome == "success":
+        return f"Rolled back {app} on {stage}{' to release ' + release if release else ''}{took}"
+    if outcome == "rolled_back":
+        return f"Rollback of {app} on {stage} FAILED and was undone{took}{why}"
+    if outcome == "interrupted":
+        return f"Rollback of {app} on {stage} was interrupted{took}{why}"
+    if outcome == "failed":
+        return f"Rollback of {app} on {stage} FAILED{took}{why}"
+    return f"Rollback of {app} on {stage} finished: {outcome}{took}{why}"
+
+
+def _finished(event: Event, app: str, stage: str) -> str:
+    data = event.data
+    outcome = _str(data.get("outcome")) or "finished"
+    release = _str(data.get("release"))
+    took, why = _took_and_why(event, outcome)
     if outcome == "success":
         return f"Deployed {app} to {stage}{took}{' (release ' + release + ')' if release else ''}"
     if outcome == "rolled_back":

@@ -196,7 +196,7 @@ class Notifier:
         if event.kind == "deploy.started":
             if event.data.get("dry_run"):
                 self._muted = True
-            for key in ("stage", "deploy_id"):
+            for key in ("stage", "deploy_id", "mode"):
                 if not self._source.get(key) and event.data.get(key):
                     self._source[key] = event.data[key]
         if self._muted:

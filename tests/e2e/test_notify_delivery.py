@@ -223,6 +223,21 @@ def test_deploy_story_arrives_in_order_with_the_fields_a_receiver_needs(hook: Ho
     assert failures.events == []
 
 
+def test_a_manual_rollback_is_announced_as_one_start_to_finish(hook: Hook) -> None:
+    # The source has no mode (as for a Notifier built by hand): deploy.started's is remembered.
+    bus, notifier, failures = start([webhook(hook, "/all")], source={**SOURCE})
+    bus.emit("deploy.started", deploy_id="d-43", stage="prod", hosts=["web1", "web2"],
+             dry_run=False, mode="rollback", revision=None, rollback_to=None)
+    bus.emit("deploy.finished", deploy_id="d-43", outcome="success", release="20261122051230",
+             durations={"release": 0.5, "restart_jobs": 0.5}, error=None)
+    assert notifier.close(10) is True
+    assert [r.json["text"] for r in hook.at("/all")] == [
+        "Rolling back shop on prod to the previous release (2 hosts) by ann@ci",
+        "Rolled back shop on prod to release 20261122051230 in 1.0s",
+    ]
+    assert failures.events == []
+
+
 def test_each_target_gets_only_the_kinds_it_asked_for(hook: Hook) -> None:
     bus, notifier, _ = start(
         [

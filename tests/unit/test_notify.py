@@ -111,6 +111,48 @@ def test_summaries_read_well_whatever_shape_the_data_has(event: Event, text: str
     assert summary(event, SOURCE) == text
 
 
+ROLLBACK = {**SOURCE, "mode": "rollback"}
+
+
+@pytest.mark.parametrize(
+    ("event", "source", "text"),
+    [
+        (
+            ev("deploy.started", hosts=["w1", "w2"], mode="rollback"),
+            {**SOURCE, "actor": "ann@ci"},
+            "Rolling back shop on prod to the previous release (2 hosts) by ann@ci",
+        ),
+        (
+            ev("deploy.started", hosts=["w1"], mode="rollback", rollback_to="20261122051230"),
+            SOURCE,
+            "Rolling back shop on prod to release 20261122051230 (1 host)",
+        ),
+        (
+            ev("deploy.finished", outcome="success", release="20261122051230",
+               durations={"release": 1.0, "restart_jobs": 0.5}, mode="rollback"),
+            SOURCE,
+            "Rolled back shop on prod to release 20261122051230 in 1.5s",
+        ),
+        # deploy.finished without a mode: the notifier's source says it is a rollback.
+        (ev("deploy.finished", outcome="success", release="R1"), ROLLBACK,
+         "Rolled back shop on prod to release R1"),
+        (ev("deploy.finished", outcome="failed", error="[w1] no earlier good release"), ROLLBACK,
+         "Rollback of shop on prod FAILED: [w1] no earlier good release"),
+        (ev("deploy.finished", outcome="rolled_back", error="hook failed"), ROLLBACK,
+         "Rollback of shop on prod FAILED and was undone: hook failed"),
+        (ev("deploy.finished", outcome="interrupted"), ROLLBACK,
+         "Rollback of shop on prod was interrupted"),
+        # A plain deploy still says deploy.
+        (ev("deploy.finished", outcome="success", release="R2", mode="deploy"), ROLLBACK,
+         "Deployed shop to prod (release R2)"),
+    ],
+)
+def test_a_manual_rollback_is_announced_as_a_rollback(
+    event: Event, source: dict[str, Any], text: str
+) -> None:
+    assert summary(event, source) == text
+
+
 def test_payload_keeps_whether_a_checkpoint_exists_but_not_its_content() -> None:
     body = payload(
         ev(
