@@ -138,7 +138,7 @@ def _shielded() -> Iterator[None]:
 
 def _phase(ctx: DeployContext, name: str, fn: Callable[[DeployContext], None]) -> None:
     ctx.bus.emit("phase.started", phase=name)
-    start = time.monotonic()
+    start = engine_state(ctx).phase_started[name] = time.monotonic()
     ok = False
     try:
         run_hooks(ctx, f"before_{name}")

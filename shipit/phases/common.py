@@ -28,6 +28,7 @@ class EngineState:
     base_dir: str = "."
     tmpdir: str | None = None
     started: float = 0.0
+    phase_started: dict[str, float] = field(default_factory=dict)  # phase -> time.monotonic()
     prepared: set[str] = field(default_factory=set)  # hosts where prepare may have created the release
     unreachable: set[str] = field(default_factory=set)
     secrets: list[str] = field(default_factory=list)

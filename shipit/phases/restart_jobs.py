@@ -14,6 +14,7 @@ from typing import Any
 
 from shipit.errors import DeployFailed, FencingError, ShipitError
 from shipit.gate.base import Store
+from shipit.history import agent_option, forget_final, write_uncalled
 from shipit.hosts.base import Host
 from shipit.jobs.remote import call_agent
 from shipit.phases.context import DeployContext
@@ -38,7 +39,13 @@ def restart_jobs(ctx: DeployContext) -> None:
         ctx.bus.emit("host.failed", host=None if where == "*" else where, phase=PHASE,
                      message=str(exc))
 
-    _restart_all(ctx, PHASE, report)
+    try:
+        _restart_all(ctx, PHASE, report)
+        if not problems:
+            # The agent restarts carried the final deploy record; the other hosts get it here.
+            write_uncalled(ctx)
+    finally:
+        forget_final(ctx)
     if problems:
         raise DeployFailed("restarting jobs failed: " + "; ".join(problems))
 
@@ -98,6 +105,7 @@ def _restart_per_host(ctx: DeployContext, phase: str, report: Report) -> None:
         runs = [r for r in ctx.jobs.recorded if r.get("agent_host") == host.name]
         opts = agent_opts(ctx, host) | {"epoch": lease.get("epoch"), "reopen": True,
                                         "run_ids": [r["id"] for r in runs]}
+        opts |= agent_option(ctx, host, phase)
         _say_command(ctx, host, phase)
         try:
             call_agent(host, ctx.stage.shipit_command, "restart", opts,
@@ -146,6 +154,7 @@ def restart_central_runs(
     def one(host: Host) -> None:
         opts = agent_opts(ctx, host) | {"epoch": epoch, "reopen": False,
                                         "run_ids": [r["id"] for r in groups[host.name]]}
+        opts |= agent_option(ctx, host, phase)
         _say_command(ctx, host, phase)
         try:
             call_agent(host, ctx.stage.shipit_command, "restart", opts,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 
 import pytest
 
@@ -56,7 +57,18 @@ def test_first_deploy_redeploys_keep_n_shared_links_history_and_budget(project: 
     assert [r["deploy_id"] for r in records] == [third.deploy_id, second.deploy_id, first.deploy_id]
     assert {r["outcome"] for r in records} == {"success"}
     assert records[0]["hosts"] == [h.name for h in project.hosts]
-    assert set(records[0]["durations"]) >= {"pre_deploy", "drain_jobs"}
+    # The final record rode on the agent restart (no extra command): every phase, the real end.
+    for rec, result in zip(records, (third, second, first), strict=True):
+        assert set(rec["durations"]) == {"pre_deploy", "drain_jobs", "release", "restart_jobs"}
+        for phase in ("pre_deploy", "drain_jobs", "release"):
+            assert rec["durations"][phase] == round(result.durations[phase], 3), phase
+        # Counted until the agent wrote it: its exit and the return trip are not in it.
+        assert 0 < rec["durations"]["restart_jobs"] <= result.durations["restart_jobs"] + 0.002
+        assert rec["finished"] - rec["started"] == pytest.approx(sum(rec["durations"].values()), abs=0.5)
+    for h in project.hosts:
+        lines = (project.root(h) / ".shipit" / "history.jsonl").read_text().splitlines()
+        # Per deploy: the switch's provisional record, then the final one.
+        assert [json.loads(line)["seq"] for line in lines] == [1, 2] * 3
 
 
 def third_actor(project: Deployer) -> str:
@@ -151,3 +163,60 @@ def test_check_flags_hosts_on_different_releases(project: Deployer) -> None:
     assert third.outcome == "success", third.error
     assert {project.current(h) for h in project.hosts} == {third.release}
     assert all(c.ok for c in runner.check(project.stage(), EventBus()))
+
+
+def _history_lines(d: Deployer, h: HomeHost) -> list[dict]:  # type: ignore[type-arg]
+    text = (d.root(h) / ".shipit" / "history.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_central_store_hosts_without_runs_get_the_final_record_in_one_append(
+    tmp_path, deploy_hosts, monkeypatch, pg_dsn  # noqa: F811
+) -> None:
+    """A central store drains in-process and calls the agent only where runs must restart: the
+    other hosts get the final record in one plain append, still within the budget."""
+    import yaml
+
+    d = Deployer(tmp_path, deploy_hosts, monkeypatch)
+    data = yaml.safe_load(d.config.read_text())
+    data["jobs"]["store"] = "postgres"
+    d.config.write_text(yaml.safe_dump(data, sort_keys=False))
+    monkeypatch.setenv("SHIPIT_DSN", pg_dsn)
+    d.deploy()
+    result, rec = d.deploy()
+    assert result.outcome == "success", result.error
+    for host in d.opened:
+        assert host.connections == 1, host.name
+        # facts, prepare, switch, the record: no agent drain or restart without runs.
+        assert host.commands == 4, (host.name, host.commands)
+    appends = [e for e in rec.of("host.command") if e.phase == "restart_jobs"]
+    assert sorted(e.host for e in appends) == sorted(h.name for h in deploy_hosts)
+    for h in deploy_hosts:
+        last = _history_lines(d, h)[-1]
+        assert last["deploy_id"] == result.deploy_id and last["seq"] == 2
+        assert set(last["durations"]) == {"pre_deploy", "drain_jobs", "release", "restart_jobs"}
+        assert last["durations"]["restart_jobs"] <= result.durations["restart_jobs"] + 0.002
+        assert stat.S_IMODE((d.root(h) / ".shipit" / "history.jsonl").stat().st_mode) == 0o600
+
+
+def test_a_failure_after_the_final_record_is_superseded_by_the_rollback(
+    tmp_path, deploy_hosts, monkeypatch  # noqa: F811
+) -> None:
+    d = Deployer(tmp_path, deploy_hosts, monkeypatch,
+                 hooks={"after_restart_jobs": [{"run": "echo late trouble >&2; exit 3"}]})
+    good, _ = _deploy_without_hook(d)
+    result, _ = d.deploy()
+    assert result.outcome == "rolled_back", result.error
+    for h in deploy_hosts:
+        assert d.current(h) == good.release
+        lines = [r for r in _history_lines(d, h) if r["deploy_id"] == result.deploy_id]
+        # switch, final (written by the agent restart), then the rollback's record.
+        assert [(r["seq"], r["outcome"]) for r in lines] == [(1, "success"), (2, "success"), (3, "rolled_back")]
+    from shipit import runner
+    from shipit.events import EventBus
+
+    merged = runner.read_history(d.stage(), EventBus())
+    assert [(r["deploy_id"], r["outcome"]) for r in merged] == [
+        (result.deploy_id, "rolled_back"), (good.deploy_id, "success")]
+    # Written by the switch back, while the rollback phase runs: the phases before it are all in.
+    assert set(merged[0]["durations"]) == {"pre_deploy", "drain_jobs", "release", "restart_jobs"}
