@@ -364,9 +364,11 @@ def list_releases(stage: StageConfig, bus: EventBus) -> dict[str, list[ReleaseIn
     return listing
 
 
-def read_history(stage: StageConfig, bus: EventBus, limit: int = 20) -> list[dict[str, Any]]:
-    """Deploy records merged from every reachable host, newest first."""
-    command = history_read_command(stage.deploy_to, limit * 4)
+def read_history(stage: StageConfig, bus: EventBus, limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
+    """Deploy records merged from every reachable host, newest first, skipping the newest
+    `offset` (the next page)."""
+    # A deploy writes a few lines per host (switch, final record, failure): read enough of them.
+    command = history_read_command(stage.deploy_to, (limit + offset) * 4)
 
     def one(host: Host) -> str:
         bus.emit("host.command", host=host.name, phase="history", command=command, dry_run=False)
@@ -379,7 +381,7 @@ def read_history(stage: StageConfig, bus: EventBus, limit: int = 20) -> list[dic
             bus.emit("host.failed", host=name, phase="history", message=str(value))
         else:
             texts.append(value)
-    return merge(texts, limit)
+    return merge(texts, limit, offset)
 
 
 __all__ = [

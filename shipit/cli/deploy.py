@@ -30,6 +30,7 @@ from shipit.events import Event, EventBus
 from shipit.output import attach
 from shipit.output.format import line
 from shipit.output.mask import mask_event, mask_value
+from shipit.output.pager import NO_PAGER, page
 
 if TYPE_CHECKING:  # pydantic models load lazily: `shipit --help` should not pay for them
     from shipit.config.model import StageConfig
@@ -233,52 +234,179 @@ def releases_cmd(stage: str, as_json: bool) -> None:
     _console().print(table)
 
 
-_HISTORY_COLUMNS = (
-    ("when", ("finished", "started", "finished_at", "started_at", "ts", "when")),
-    ("deploy", ("deploy_id", "id")),
-    ("who", ("actor", "who")),
-    ("revision", ("revision",)),
-    ("release", ("release",)),
-    ("outcome", ("outcome",)),
-)
+# Short phase names for the durations column, in phase order.
+_PHASE_ABBREV = {
+    "pre_deploy": "pre", "drain_jobs": "drain", "release": "rel", "restart_jobs": "rst",
+    "rollback": "rollback",
+}
+_OUTCOME_STYLE = {"success": "green", "rolled_back": "yellow", "failed": "red", "interrupted": "red"}
+# From this width on (a pipe gets 200) the table adds the deploy id, the release, the host names
+# and every phase's duration; below it, it fits 80 columns.
+_WIDE = 150
 
 
-def _when(value: Any) -> str:
+def _when(value: Any, *, seconds: bool = True) -> str:
     import time
 
-    if isinstance(value, (int, float)):
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return time.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M", time.localtime(value))
     return str(value) if value is not None else "-"
+
+
+def _short_revision(rev: Any) -> str:
+    """A git SHA as its first 8 hex digits (keeping `-dirty`), a directory's content hash as
+    its first 8; anything else as written."""
+    import re
+
+    if not rev:
+        return "-"
+    text = str(rev)
+    m = re.fullmatch(r"([0-9a-f]{40})(-dirty)?", text)
+    if m:
+        return m.group(1)[:8] + (m.group(2) or "")
+    m = re.fullmatch(r"content-([0-9a-f]{16})", text)
+    return f"content-{m.group(1)[:8]}" if m else text
+
+
+def _durations(rec: dict[str, Any]) -> dict[str, float]:
+    raw = rec.get("durations")
+    if not isinstance(raw, dict):
+        return {}
+    out = {}
+    for k, v in raw.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[str(k)] = float(v)
+    return out
+
+
+def _phase_order(durations: dict[str, float]) -> list[str]:
+    return [p for p in _PHASE_ABBREV if p in durations] + [p for p in durations if p not in _PHASE_ABBREV]
+
+
+def _took(rec: dict[str, Any]) -> str:
+    """The total and the longest phase: `3.1s (drain 2.3s)`."""
+    from shipit.output.format import seconds
+
+    durations = _durations(rec)
+    if not durations:
+        return "-"
+    total = sum(durations.values())
+    longest = max(_phase_order(durations), key=lambda p: durations[p])
+    return f"{seconds(total)} ({_PHASE_ABBREV.get(longest, longest)} {seconds(durations[longest])})"
+
+
+def _phases(rec: dict[str, Any]) -> str:
+    """Every phase's duration: `pre 0.1s drain 2.3s rel 0.4s rst 0.2s`."""
+    from shipit.output.format import seconds
+
+    durations = _durations(rec)
+    return " ".join(
+        f"{_PHASE_ABBREV.get(p, p)} {seconds(durations[p])}" for p in _phase_order(durations)
+    ) or "-"
+
+
+def _hosts(rec: dict[str, Any], *, names: bool) -> str:
+    hosts = rec.get("hosts")
+    if not isinstance(hosts, list):
+        return "-"
+    joined = ",".join(map(str, hosts))
+    return joined if names and len(joined) <= 24 else str(len(hosts))
+
+
+def _first(rec: dict[str, Any], *keys: str) -> Any:
+    return next((rec[k] for k in keys if rec.get(k) is not None), None)
+
+
+def _fit(titles: list[str], rows: list[list[str]], width: int) -> list[int]:
+    """Column widths: the content's; when that is too wide the actor gives way first and the
+    revision next (each keeps a readable prefix and an ellipsis); when even that is not enough
+    the time column drops the longest phase and keeps the totals (`rows` are changed)."""
+
+    def natural(i: int) -> int:
+        return max([len(titles[i])] + [len(r[i]) for r in rows])
+
+    widths = [natural(i) for i in range(len(titles))]
+    gaps = 2 * (len(widths) - 1)
+    floors = {titles.index("who"): 8, titles.index("revision"): 8}
+    give = sum(max(widths[i] - f, 0) for i, f in floors.items())
+    if sum(widths) + gaps - width > give:
+        # Even cut down, the longest phases do not fit: the time column keeps the totals.
+        for row in rows:
+            row[-1] = row[-1].split(" (")[0]
+        widths[-1] = natural(len(titles) - 1)
+    excess = sum(widths) + gaps - width
+    for i, floor in floors.items():
+        cut = min(max(excess, 0), max(widths[i] - floor, 0))
+        widths[i] -= cut
+        excess -= cut
+    return widths
+
+
+def history_table(records: list[dict[str, Any]], width: int) -> Table:
+    """who, when, what, on how many hosts, how it ended, how long it took; wider terminals (and
+    pipes) also get the deploy id, the release, the host names and every phase."""
+    from rich.text import Text
+
+    wide = width >= _WIDE
+    titles = ["when", *(["deploy"] if wide else []), "who", "revision",
+              *(["release"] if wide else []), "hosts", "outcome", "durations" if wide else "took"]
+    rows: list[list[str]] = []
+    outcomes: list[str] = []
+    for rec in records:
+        outcome = str(rec.get("outcome") or "-")
+        outcomes.append(outcome)
+        row = [_when(_first(rec, "finished", "started", "ts"), seconds=wide)]
+        if wide:
+            row.append(str(_first(rec, "deploy_id", "id") or "-"))
+        row += [str(_first(rec, "actor", "who") or "-"), _short_revision(rec.get("revision"))]
+        if wide:
+            row.append(str(rec.get("release") or "-"))
+        row += [
+            _hosts(rec, names=wide),
+            f"{outcome} (rollback)" if rec.get("kind") == "rollback" else outcome,
+            _phases(rec) if wide else _took(rec),
+        ]
+        rows.append(row)
+    widths = _fit(titles, rows, width)
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for title, w in zip(titles, widths, strict=True):
+        table.add_column(title, no_wrap=True, overflow="ellipsis", min_width=w, max_width=w)
+    for row, outcome in zip(rows, outcomes, strict=True):
+        cells: list[Any] = list(row)
+        cells[titles.index("outcome")] = Text(cells[titles.index("outcome")],
+                                              style=_OUTCOME_STYLE.get(outcome, ""))
+        table.add_row(*cells)
+    return table
 
 
 @click.command("history")
 @STAGE
-@click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True,
+              help="How many deploys to show.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Skip the newest N deploys (the next page: --offset 20).")
+@NO_PAGER
 @JSON
-def history_cmd(stage: str, limit: int, as_json: bool) -> None:
-    """Show the last deploys of STAGE (who, when, what, how it ended)."""
+def history_cmd(stage: str, limit: int, offset: int, no_pager: bool, as_json: bool) -> None:
+    """Show the last deploys of STAGE (who, when, what, how it ended, how long it took)."""
     from shipit import runner
 
     conf = load_stage(stage)
     records = mask_value(
-        as_dict(runner.read_history(conf, _quiet_bus(SESSION.secrets), limit=limit)),
+        as_dict(runner.read_history(conf, _quiet_bus(SESSION.secrets), limit=limit, offset=offset)),
         SESSION.secrets,
     )
     if as_json:
         echo_json(records)
         return
-    table = Table(box=None, pad_edge=False)
-    for title, _ in _HISTORY_COLUMNS:
-        table.add_column(title)
-    for rec in records:
-        cells = []
-        for title, keys in _HISTORY_COLUMNS:
-            value = next((rec[k] for k in keys if rec.get(k) is not None), None)
-            cells.append(
-                _when(value) if title == "when" else str(value if value is not None else "-")
-            )
-        table.add_row(*cells)
-    _console().print(table)
+    if not records:
+        click.echo(f"no deploys recorded on {stage}" if not offset
+                   else f"no deploys on {stage} older than the newest {offset}")
+        return
+    console = _console()
+    with console.capture() as captured:
+        console.print(history_table(records, console.width))
+    page(captured.get(), pager=not no_pager)
 
 
 @click.command("config")

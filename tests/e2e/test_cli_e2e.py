@@ -215,6 +215,49 @@ def run_in_pty(project: Path, *args: str, rows: int, cols: int = 80, **more: str
     return code, seen.decode(errors="replace").replace("\r\n", "\n")
 
 
+HISTORY = [
+    {"deploy_id": f"20261201T0{i}0000000000Z-abc{i}", "kind": "deploy", "actor": "ann@ci",
+     "started": 1796112000.0 + 600 * i, "finished": 1796112003.0 + 600 * i, "seq": 2,
+     "revision": f"{i}" * 40, "release": f"2026120100{i}000000000", "hosts": ["local"],
+     "outcome": "success",
+     "durations": {"pre_deploy": 0.1, "drain_jobs": 2.3, "release": 0.4, "restart_jobs": 0.2}}
+    for i in range(1, 8)
+]
+HISTORY_80 = ["when              who     revision  hosts  outcome  took"] + [
+    f"2026-12-01 {8 + (i // 6):02d}:{(i * 10) % 60:02d}  ann@ci  {str(i) * 8}  1      success  3.0s (drain 2.3s)"
+    for i in range(7, 0, -1)
+]
+
+
+def test_history_pages_on_a_short_terminal_never_in_a_pipe(project: Path) -> None:
+    (project / "deploy" / ".shipit").mkdir(parents=True)
+    (project / "deploy" / ".shipit" / "history.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in HISTORY)
+    )
+    paged = project / "paged.txt"
+    pager = f"sh -c 'cat > {paged}'"
+    # 8 lines on a 6-row terminal: through $PAGER (it gets the 80-column table, colours removed).
+    code, shown = run_in_pty(project, "history", "demo", rows=6, PAGER=pager)
+    assert code == 0, shown
+    assert [line.rstrip() for line in paged.read_text().splitlines()] == HISTORY_80
+    assert "ann@ci" not in shown
+    paged.unlink()
+    # --no-pager, or a screen tall enough: printed as is.
+    code, shown = run_in_pty(project, "history", "demo", "--no-pager", rows=6, PAGER=pager)
+    assert code == 0 and not paged.exists()
+    assert [re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip() for line in shown.splitlines()] == HISTORY_80
+    code, shown = run_in_pty(project, "history", "demo", rows=40, PAGER=pager)
+    assert code == 0 and not paged.exists() and "ann@ci" in shown
+    # A pipe and --json never page.
+    piped = shipit(project, "history", "demo", "--offset", "5", PAGER=pager, TZ="UTC")
+    assert piped.returncode == 0 and not paged.exists()
+    assert [r.split()[2] for r in piped.stdout.splitlines()[1:]] == [
+        HISTORY[1]["deploy_id"], HISTORY[0]["deploy_id"]]
+    code, shown = run_in_pty(project, "history", "demo", "--json", rows=6, PAGER=pager)
+    assert code == 0 and not paged.exists()
+    assert [r["deploy_id"] for r in json.loads(shown)] == [r["deploy_id"] for r in HISTORY[::-1]]
+
+
 def test_jobs_list_pages_and_offsets(project: Path) -> None:
     assert shipit(project, "deploy", "demo").returncode == 0
     store = f"file:{project / 'deploy' / 'shared' / 'shipit'}"
@@ -231,36 +274,6 @@ def test_jobs_list_pages_and_offsets(project: Path) -> None:
                              PAGER=f"sh -c 'cat > {paged}'")
     assert code == 0 and paged.read_text().splitlines() == lines
     assert "tick" not in shown
-
-
-def test_jobs_show_hides_the_checkpoint_unless_asked_and_prints_iso_times(project: Path) -> None:
-    assert shipit(project, "deploy", "demo").returncode == 0
-    store = f"file:{project / 'deploy' / 'shared' / 'shipit'}"
-    saved = "token-like-checkpoint-data"
-    job = f"{sys.executable} -m shipit job checkpoint '{{\"next\": 3, \"note\": \"{saved}\"}}'"
-    ran = shipit(project, "job", "run", "--name", "ck", "--store", store, "--", "sh", "-c", job)
-    assert ran.returncode == 0, ran.stderr
-    run_id = json.loads(shipit(project, "jobs", "list", "demo", "--json").stdout)[0]["id"]
-    text = shipit(project, "jobs", "show", "demo", run_id).stdout
-    fields = dict(line.split(None, 1) for line in text.splitlines())
-    assert fields["checkpoint"] == "<saved>"
-    assert [k for k, v in fields.items() if saved in v] == ["command"]  # only the job's own argv
-    for key in ("created_at", "started_at", "finished_at", "checkpoint_at"):
-        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", fields[key]), (key, fields[key])
-    assert fields["continues"] == "-" and fields["env"] == "-"
-    assert fields["command"] == f"sh -c {shlex_quote(job)}"
-    as_json = json.loads(shipit(project, "jobs", "show", "demo", run_id, "--json").stdout)
-    assert as_json["checkpoint"] == "<saved>"  # the same as `jobs list --json` and the text
-    with_state = shipit(project, "jobs", "show", "demo", run_id, "--state").stdout
-    assert f'checkpoint         {{"next": 3, "note": "{saved}"}}' in with_state.splitlines()
-    full = json.loads(shipit(project, "jobs", "show", "demo", run_id, "--json", "--state").stdout)
-    assert full["checkpoint"] == {"next": 3, "note": saved}
-
-
-def shlex_quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 def test_headers_name_what_is_deployed_and_a_failed_hook_says_failed(project: Path) -> None:
@@ -291,3 +304,33 @@ def test_headers_name_what_is_deployed_and_a_failed_hook_says_failed(project: Pa
     assert any(re.fullmatch(rf"rollback \S+ success, release {release}", line) for line in lines)
     to = shipit(project, "rollback", "demo", "--yes", "--to", release)
     assert to.stdout.splitlines()[0].startswith(f"rolling back demo to release {release} (1 host), ")
+
+
+def test_jobs_show_hides_the_checkpoint_unless_asked_and_prints_iso_times(project: Path) -> None:
+    assert shipit(project, "deploy", "demo").returncode == 0
+    store = f"file:{project / 'deploy' / 'shared' / 'shipit'}"
+    saved = "token-like-checkpoint-data"
+    job = f"{sys.executable} -m shipit job checkpoint '{{\"next\": 3, \"note\": \"{saved}\"}}'"
+    ran = shipit(project, "job", "run", "--name", "ck", "--store", store, "--", "sh", "-c", job)
+    assert ran.returncode == 0, ran.stderr
+    run_id = json.loads(shipit(project, "jobs", "list", "demo", "--json").stdout)[0]["id"]
+    text = shipit(project, "jobs", "show", "demo", run_id).stdout
+    fields = dict(line.split(None, 1) for line in text.splitlines())
+    assert fields["checkpoint"] == "<saved>"
+    assert [k for k, v in fields.items() if saved in v] == ["command"]  # only the job's own argv
+    for key in ("created_at", "started_at", "finished_at", "checkpoint_at"):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", fields[key]), (key, fields[key])
+    assert fields["continues"] == "-" and fields["env"] == "-"
+    assert fields["command"] == f"sh -c {shlex_quote(job)}"
+    as_json = json.loads(shipit(project, "jobs", "show", "demo", run_id, "--json").stdout)
+    assert as_json["checkpoint"] == "<saved>"  # the same as `jobs list --json` and the text
+    with_state = shipit(project, "jobs", "show", "demo", run_id, "--state").stdout
+    assert f'checkpoint         {{"next": 3, "note": "{saved}"}}' in with_state.splitlines()
+    full = json.loads(shipit(project, "jobs", "show", "demo", run_id, "--json", "--state").stdout)
+    assert full["checkpoint"] == {"next": 3, "note": saved}
+
+
+def shlex_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
