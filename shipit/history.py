@@ -15,10 +15,12 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the agent must not pay for pydantic and the engine's modules
+TYPE_CHECKING = False  # the agent imports this: no typing, pydantic or engine modules at run time
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
     from shipit.hosts.base import Host
     from shipit.phases.context import DeployContext
 
