@@ -30,10 +30,10 @@ export SHIPIT_STORE="sqlite:$demo/shared/shipit/jobs.db"
 say "1. first deploy of examples/app to $demo"
 shipit deploy demo --yes
 
-say "2. two jobs start on the live release (a 6 s report, a 60-item stateful crunch)"
-REPORT_SECONDS=6 shipit job run --name report --cwd "$demo/current" -- sh jobs/report.sh &
+say "2. two jobs start on the live release (a 7 s report, an 80-item stateful crunch)"
+REPORT_SECONDS=7 shipit job run --name report --cwd "$demo/current" -- sh jobs/report.sh &
 CRUNCH_DELAY=0.25 shipit job run --name crunch --key crunch --cwd "$demo/current" \
-  -- "$PY" jobs/crunch.py 60 > "$demo/crunch-first.out" 2>&1 &
+  -- "$PY" jobs/crunch.py 80 > "$demo/crunch-first.out" 2>&1 &
 sleep 1
 shipit jobs list demo --state running
 
@@ -66,14 +66,14 @@ lines = (demo / "shared/data/crunch.log").read_text().split()
 items = [int(x) for x in lines[0::2]]
 releases = lines[1::2]
 by_release = collections.Counter(releases)
-print(f"crunch items processed: {len(items)} (distinct {len(set(items))}, expected 60)")
+print(f"crunch items processed: {len(items)} (distinct {len(set(items))}, expected 80)")
 for release, count in by_release.items():
     first = items[releases.index(release)]
     print(f"  release {release}: {count} items, from item {first}")
 current = (demo / "current").resolve().name
 reports = [line.rsplit(" ", 1)[-1] for line in (demo / "shared/data/report.log").read_text().splitlines()]
 print(f"report runs finished on: {', '.join(reports)}")
-ok = sorted(items) == list(range(1, 61)) and len(by_release) == 2 and releases[-1] == current
+ok = sorted(items) == list(range(1, 81)) and len(by_release) == 2 and releases[-1] == current
 ok = ok and len(reports) == 2 and reports[0] != current and reports[-1] == current
 print("every item exactly once, split across the old and the new release; the report that arrived "
       "mid-deploy ran the new release: " + ("yes" if ok else "NO"))

@@ -22,7 +22,7 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path) -> None:
     # Each beat of the story, as a user watching the terminal sees it.
     for beat in ("gate closed (epoch 2)", "job report waiting: gate closed by",
                  "job report finished", "job crunch asked to stop", "job crunch restarted",
-                 "crunch items processed: 60 (distinct 60, expected 60)",
+                 "crunch items processed: 80 (distinct 80, expected 80)",
                  "the report that arrived mid-deploy ran the new release: yes"):
         assert beat in out, beat
     demo = tmp_path / "demo"
