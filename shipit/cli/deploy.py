@@ -318,24 +318,26 @@ def _first(rec: dict[str, Any], *keys: str) -> Any:
 
 
 def _fit(titles: list[str], rows: list[list[str]], width: int) -> list[int]:
-    """Column widths: the content's; when that is too wide the actor gives way first and the
-    revision next (each keeps a readable prefix and an ellipsis); when even that is not enough
-    the time column drops the longest phase and keeps the totals (`rows` are changed)."""
+    """Column widths for `width`: the content's when it fits. Otherwise the time column (last)
+    first drops the longest phase on the rows where it does not fit, keeping their total; when
+    even the totals do not fit, the actor gives way, then the revision (each keeps a readable
+    prefix and an ellipsis). `rows` are changed."""
 
     def natural(i: int) -> int:
         return max([len(titles[i])] + [len(r[i]) for r in rows])
 
     widths = [natural(i) for i in range(len(titles))]
-    gaps = 2 * (len(widths) - 1)
-    floors = {titles.index("who"): 8, titles.index("revision"): 8}
-    give = sum(max(widths[i] - f, 0) for i, f in floors.items())
-    if sum(widths) + gaps - width > give:
-        # Even cut down, the longest phases do not fit: the time column keeps the totals.
-        for row in rows:
+    room = width - sum(widths[:-1]) - 2 * (len(widths) - 1)
+    if widths[-1] <= room:
+        return widths
+    totals = max([len(titles[-1])] + [len(r[-1].split(" (")[0]) for r in rows])
+    for row in rows:
+        if len(row[-1]) > max(room, totals):
             row[-1] = row[-1].split(" (")[0]
-        widths[-1] = natural(len(titles) - 1)
-    excess = sum(widths) + gaps - width
-    for i, floor in floors.items():
+    widths[-1] = natural(len(titles) - 1)
+    excess = widths[-1] - room
+    for name, floor in (("who", 8), ("revision", 8)):
+        i = titles.index(name)
         cut = min(max(excess, 0), max(widths[i] - floor, 0))
         widths[i] -= cut
         excess -= cut

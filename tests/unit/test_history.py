@@ -132,6 +132,18 @@ def test_the_table_fits_80_columns_with_who_when_what_hosts_outcome_and_time() -
     ]
 
 
+def test_a_row_whose_longest_phase_does_not_fit_keeps_its_total_only() -> None:
+    records = [
+        {**TYPICAL[0], "kind": "rollback", "durations": {"release": 0.3, "restart_jobs": 0.2}},
+        {**TYPICAL[1], "actor": "ann@ci"},
+    ]
+    assert render(80, records) == [
+        "when              who     revision  hosts  outcome             took",
+        "2026-12-01 09:00  ann@ci  33333333  3      success (rollback)  0.5s (rel 0.3s)",
+        "2026-12-01 08:51  ann@ci  cccccccc  3      rolled_back         1m08s",
+    ]
+
+
 def test_a_crowded_table_gives_way_without_passing_80_columns() -> None:
     # A long actor is cut, and the time column keeps the totals when the phases cannot fit.
     lines = render(80)
