@@ -12,14 +12,16 @@ import pytest
 from shipit.gate.base import CHECKPOINTED, FINISHED, ClaimSpec, Run
 from shipit.gate.url import open_store
 from tests.chaos import invariants
+from tests.chaos import run as chaos_run
 from tests.chaos.run import replay_command
-from tests.chaos.trial import Trial
+from tests.chaos.trial import Trial, TrialResult
 from tests.chaos.world import World, WorldUnavailable
 
 pytestmark = pytest.mark.e2e
 
 # Seeds whose plans cover deploys SIGKILLed and SIGTERMed mid-way, failing hooks, a killed sshd,
-# killed jobs and supervisors and a PostgreSQL restart; see docs/chaos.md.
+# killed jobs and supervisors, a PostgreSQL restart, and a host clock off (1000: file, 5001:
+# sqlite); see docs/chaos.md.
 SAMPLE = [("file", 1000), ("sqlite", 5001), ("postgres", 11), ("file", 5003)]
 
 
@@ -41,6 +43,8 @@ def test_chaos_trial_keeps_every_guarantee(world: World, tmp_path: Path, backend
     assert not result.error, f"harness error: {result.error}"
     assert result.faults["job_started"] >= 4
     assert not result.violations, "\n".join([*result.violations, *result.notes, "replay: " + replay_command(seed, backend)])
+    if result.faults["clock_skew"]:
+        assert result.observed["skewed_job_items"] > 0, "no job ran on the host whose clock was off"
 
 
 def _run(store_dir: Path, job: str, ledger: Path, attempt: int, continues: str | None, state: str,
@@ -72,3 +76,43 @@ def test_the_checkers_catch_lost_work_and_a_missing_restart(tmp_path: Path) -> N
     assert any("chain finished but items [4] missing" in v for v in found)
     ledger.write_text("1 1 r1\n2 1 r1\n3 2 r2\n4 2 r2\n")
     assert invariants.ledgers(stores, tmp_path) == []
+
+
+def test_a_results_file_resumes_its_plan_and_sums_up_every_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    ran: list[tuple[int, str]] = []
+
+    class FakeTrial:
+        def __init__(self, _world: object, backend: str, seed: int, _workdir: Path) -> None:
+            self.backend, self.seed = backend, seed
+
+        def run(self) -> TrialResult:
+            ran.append((self.seed, self.backend))
+            r = TrialResult(seed=self.seed, backend=self.backend, seconds=1.0)
+            r.faults.update({"job_started": 5, "deploy_sigkill@close": 1})
+            r.observed["restarts"] = 2
+            if self.seed == 12:
+                r.violations.append("(b) h: run x never restarted")
+            return r
+
+    monkeypatch.setattr(chaos_run, "Trial", FakeTrial)
+    results = tmp_path / "r.jsonl"
+    key = {"seed": 10, "backend": "all"}
+    backends = list(chaos_run.BACKENDS)
+    chaos_run.run_trials(None, backends, 6, 10, tmp_path, log=False, results=results, plan_key=key, chunk=4)  # type: ignore[arg-type]
+    assert ran == [(10, "file"), (11, "sqlite"), (12, "postgres"), (13, "file")]
+    done = {(d["seed"], d["backend"]) for d in chaos_run.read_results(results)}
+    chaos_run.run_trials(None, backends, 6, 10, tmp_path, log=False, results=results, plan_key=key, skip=done)  # type: ignore[arg-type]
+    assert ran[4:] == [(14, "sqlite"), (15, "postgres")]
+    lines = chaos_run.read_results(results)
+    assert len(lines) == 6 and all(d["plan"] == key for d in lines)
+    # Every trial of the plan is in the file: the command only sums up (no servers started).
+    assert chaos_run.main(["--trials", "6", "--seed", "10", "--results", str(results)]) == 1
+    table = capsys.readouterr().out
+    assert "| trials | 6 (file 2, postgres 2, sqlite 2) |" in table
+    assert "| deploys SIGKILLed | 6 (close 6) |" in table
+    assert "| violations | 1 in 1 trial(s) |" in table
+    assert replay_command(12, "postgres") in table
+    assert chaos_run.main(["--summarize", str(results)]) == 1
+    # Another plan is refused rather than mixed into the file.
+    assert chaos_run.main(["--trials", "6", "--seed", "11", "--results", str(results)]) == 2

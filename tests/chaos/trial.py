@@ -76,6 +76,11 @@ class TrialResult:
                    timings=dict(d.get("timings", {})), error=str(d.get("error", "")))
 
 
+def _tail(res: subprocess.CompletedProcess[str]) -> str:
+    """The end of what a failed shipit command said (plain output goes to stdout, errors to stderr)."""
+    return " | ".join(x for x in (res.stderr.strip()[-400:], res.stdout.strip()[-600:]) if x)
+
+
 @dataclass
 class App:
     """One deployed application (its source, its trees on the hosts, its database). A trial that
@@ -139,7 +144,7 @@ class Trial:
         for k in ("ledgers", "logs"):
             shutil.rmtree(self.tdir / k, ignore_errors=True)
             (self.tdir / k).mkdir(parents=True)
-        drain_timeout = round(self.rng.uniform(0.2, 1.5), 2)
+        drain_timeout = round(self.rng.uniform(0.1, 1.0), 2)
         self._plan_skew()
         old = self.world.apps.get(self.backend)
         assert old is None or isinstance(old, App)
@@ -448,7 +453,7 @@ class Trial:
             with self.step("first_deploy"):
                 first = self.shipit("deploy", "test", "--yes")
             if first.returncode != 0:
-                self.result.violations.append(f"setup: first deploy failed: {first.stderr.strip()[-300:]}")
+                self.result.violations.append(f"setup: first deploy failed: {_tail(first)}")
                 return False
         with self.step("burst_and_pause"):
             self.burst()
@@ -496,7 +501,7 @@ class Trial:
         with self.step("reconcile"):
             reconciled = self.shipit("jobs", "reconcile", "test")
         if reconciled.returncode != 0:
-            v.append(f"(b) jobs reconcile exited {reconciled.returncode}: {reconciled.stderr.strip()[-300:]}")
+            v.append(f"(b) jobs reconcile exited {reconciled.returncode}: {_tail(reconciled)}")
         with self.step("check_b_after_reconcile"):
             v += invariants.restarted_once(self.stores, when="after reconcile")
         with self.step("check_a_d"):
@@ -507,7 +512,7 @@ class Trial:
         with self.step("final_deploy"):
             final = self.shipit("deploy", "test", "--yes")
         if final.returncode != 0:
-            v.append(f"(f) plain deploy after the trial exited {final.returncode}: {final.stderr.strip()[-300:]}")
+            v.append(f"(f) plain deploy after the trial exited {final.returncode}: {_tail(final)}")
         else:
             v += invariants.releases_complete(self.world, self.app, same=True)
         healthy = final.returncode == 0 and not v
@@ -564,10 +569,11 @@ class Trial:
         (found by the trial's name in their command line or environment) and their jobs."""
         self._kill_cli()
         token = self.app.encode()
+        killed: set[int] = set()
         for _ in range(5):
             found = False
             for entry in os.listdir("/proc"):
-                if not entry.isdigit() or int(entry) == os.getpid():
+                if not entry.isdigit() or int(entry) == os.getpid() or int(entry) in killed:
                     continue
                 try:
                     cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
@@ -579,6 +585,7 @@ class Trial:
                 if token in blob and b"sshd" not in cmdline[:40] and not cmdline.startswith(b"postgres:"):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(int(entry), signal.SIGKILL)
+                        killed.add(int(entry))
                         found = True
             if not found:
                 break
