@@ -23,11 +23,13 @@ import os
 import stat
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
 from shipit.errors import CorruptState
 
+TYPE_CHECKING = False  # typing costs ~3 ms to import; annotations are strings (PEP 563)
 if TYPE_CHECKING:
+    from typing import Any
+
     from shipit.config.model import StageConfig
 
 PREFIX = "shipit-enc:v1:"

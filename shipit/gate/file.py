@@ -26,13 +26,11 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
 
 from shipit.errors import CorruptState, FencingError, StoreUnavailable
 from shipit.gate import _common as c
@@ -53,9 +51,13 @@ from shipit.gate.base import (
     Store,
 )
 
+TYPE_CHECKING = False  # typing costs ~3 ms to import; annotations are strings (PEP 563)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 def _write_temp(path: str, data: bytes) -> str:
-    tmp = f"{path}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
+    tmp = f"{path}.tmp.{os.getpid()}.{os.urandom(4).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, data)

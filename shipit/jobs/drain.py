@@ -13,8 +13,6 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
 
 from shipit.errors import DeployFailed, FencingError, GateHeld
 from shipit.gate.base import (
@@ -26,7 +24,11 @@ from shipit.gate.base import (
     Store,
 )
 
-Emit = Callable[..., Any]
+TYPE_CHECKING = False  # typing costs ~3 ms to import; annotations are strings (PEP 563)
+if TYPE_CHECKING:
+    from typing import Any
+
+Emit = Callable[..., "Any"]  # quoted: typing is not imported at run time
 
 # Written on runs whose supervisor vanished without recording an outcome. Reconcile looks for it to
 # tell "a deploy recorded this run" apart from "someone stopped this job on purpose".
@@ -59,6 +61,8 @@ class DrainAborted(DeployFailed):
 
 
 def iso(ts: float) -> str:
+    from datetime import datetime, timezone  # only for messages: not on every agent call
+
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
 
 from shipit.errors import ShipitError, StoreUnavailable, UsageError
 from shipit.gate._common import AlreadyContinued
@@ -36,6 +35,10 @@ from shipit.gate.base import (
     Store,
 )
 from shipit.jobs.gatewait import claim_when_open, describe_lease
+
+TYPE_CHECKING = False  # typing costs ~3 ms to import; annotations are strings (PEP 563)
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 DEFAULT_MAX_WAIT = 3600.0
 DEFAULT_GRACE = 10.0
