@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -198,6 +199,10 @@ def failed(s: dict[str, object]) -> bool:
     return bool(s["violations"] or s["harness_errors"])
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.chaos.run", description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=10)
@@ -240,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         if not todo:
             print(summary_table(previous))
             return 1 if failed(summary([TrialResult.from_dict(d) for d in previous])) else 0
+    # SIGTERM / SIGHUP (a session or CI job ending) stop the run like Ctrl-C: the trial under way
+    # is dropped (no line), and the servers are stopped instead of left running.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     root = Path(tempfile.mkdtemp(prefix="shipit-chaos-"))
     try:
         world = World.start(root / "world", postgres="postgres" in backends)
