@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shipit.gate.base import SCHEMA_VERSION
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 SHIPIT = [sys.executable, "-m", "shipit"]
@@ -76,7 +78,7 @@ def test_a_damaged_gate_json_keeps_jobs_out_and_the_deploy_stops_before_the_swit
         "garbage": b"\x00\xffnot json at all",
         "empty": b"",
         "wrong-types": b'{"schema": 1, "lease": {"state": "open", "epoch": "1"}}',
-        "newer-schema": good.replace(b'"schema": 1', b'"schema": 99'),
+        "newer-schema": good.replace(f'"schema": {SCHEMA_VERSION}'.encode(), b'"schema": 99'),
     }[damage])
     one_line_error(p.job(), 5, "gate.json")
     assert not p.marker.exists()
