@@ -103,8 +103,11 @@ def demo(c: Context) -> None:
     "seed": "seed of the first trial (trial k uses seed+k)",
     "backend": "file, sqlite, postgres or all (round-robin)",
     "args": "extra pytest arguments for the sample",
+    "results": "append each trial to this JSON-lines file and skip trials it already holds",
+    "budget": "stop starting trials after this many seconds (run again to continue)",
 })
-def chaos(c: Context, trials: int = 0, seed: int = 1, backend: str = "all", args: str = "") -> None:
+def chaos(c: Context, trials: int = 0, seed: int = 1, backend: str = "all", args: str = "",
+          results: str = "", budget: float = 0) -> None:
     """Kill deploys, jobs, sshd and PostgreSQL at random moments and check the guarantees."""
     if not (ROOT / "tests" / "chaos").is_dir():
         print("no chaos tests yet (tests/chaos)")
@@ -112,5 +115,7 @@ def chaos(c: Context, trials: int = 0, seed: int = 1, backend: str = "all", args
     if trials <= 0:
         _run(c, f"scripts/test.sh tests/chaos {args}")
         return
+    extra = f" --results {shlex.quote(results)}" if results else ""
+    extra += f" --budget {float(budget):g}" if budget > 0 else ""
     _run(c, f"{shlex.quote(sys.executable)} -m tests.chaos.run --trials {int(trials)} "
-            f"--seed {int(seed)} --backend {shlex.quote(backend)}")
+            f"--seed {int(seed)} --backend {shlex.quote(backend)}{extra}")
