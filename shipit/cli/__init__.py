@@ -5,8 +5,8 @@ Shell completion (bash; zsh and fish likewise):  eval "$(_SHIPIT_COMPLETE=bash_s
 
 from __future__ import annotations
 
+import importlib
 import sys
-import traceback
 from typing import NoReturn
 
 import click
@@ -14,7 +14,6 @@ import click
 from shipit import __version__
 from shipit.cli.common import SESSION, reset_session
 from shipit.errors import ShipitError
-from shipit.output.mask import mask_text
 
 EPILOG = """\b
 Exit codes: 0 ok, 1 deploy failed, 2 usage/config error, 3 gate held,
@@ -24,8 +23,51 @@ Shell completion (add to ~/.bashrc; zsh/fish: zsh_source/fish_source):
   eval "$(_SHIPIT_COMPLETE=bash_source shipit)"
 """
 
+# Every command's module is imported only when that command is looked up (it runs, or `--help`
+# lists it): they import pydantic, rich, paramiko... and `shipit --version` or `shipit deploy`
+# must not pay for all of them. Name -> (module, attribute); tests/unit/test_imports.py checks
+# it against the modules' commands.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("shipit.cli.deploy", "init_cmd"),
+    "check": ("shipit.cli.deploy", "check_cmd"),
+    "deploy": ("shipit.cli.deploy", "deploy_cmd"),
+    "rollback": ("shipit.cli.deploy", "rollback_cmd"),
+    "releases": ("shipit.cli.deploy", "releases_cmd"),
+    "history": ("shipit.cli.deploy", "history_cmd"),
+    "config": ("shipit.cli.deploy", "config_cmd"),
+    "cron": ("shipit.cli.cron", "cron"),
+    "lock": ("shipit.cli.jobs", "lock"),
+    "jobs": ("shipit.cli.jobs", "jobs"),
+    "status": ("shipit.cli.jobs", "status"),
+    "keys": ("shipit.cli.keys", "keys"),
+    "hosts": ("shipit.cli.hosts", "hosts"),
+}
+# The job commands are optional: the deploy commands work without them.
+_OPTIONAL = ("shipit.cli.jobs",)
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module on first lookup (see LAZY_COMMANDS)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            module, attribute = LAZY_COMMANDS[cmd_name]
+            try:
+                command = getattr(importlib.import_module(module), attribute)
+            except ImportError as exc:
+                if module not in _OPTIONAL or exc.name != module:
+                    raise
+                return None
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
+
+
+@click.group(
+    cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.option(
     "--config",
     "config",
@@ -54,8 +96,6 @@ def _passthrough(name: str, target: str, help_text: str) -> click.Command:
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     @click.pass_context
     def command(ctx: click.Context, args: tuple[str, ...]) -> None:
-        import importlib
-
         module, func = target.rsplit(":", 1)
         try:
             code = getattr(importlib.import_module(module), func)(list(args))
@@ -66,37 +106,22 @@ def _passthrough(name: str, target: str, help_text: str) -> click.Command:
     return command
 
 
-def _register() -> None:
-    from shipit.cli import cron, deploy
-
-    for command in deploy.COMMANDS:
-        cli.add_command(command)
-    cli.add_command(cron.cron)
-    cli.add_command(
-        _passthrough(
-            "job", "shipit.jobs.cli:main", "Run a job under shipit's supervision (on a host)."
-        )
-    )
-    cli.add_command(
-        _passthrough(
-            "agent", "shipit.agent:main", "Host agent operations used by deploys (internal)."
-        )
-    )
-    try:
-        from shipit.cli.jobs import jobs, lock, status
-    except ImportError:
-        return  # the job commands are optional: the deploy commands work without them
-    for command in (lock, jobs, status):
-        cli.add_command(command)
-    from shipit.cli.keys import keys; cli.add_command(keys)  # noqa: E702, I001
-    from shipit.cli.hosts import hosts; cli.add_command(hosts)  # noqa: E702, I001
+cli.add_command(
+    _passthrough("job", "shipit.jobs.cli:main", "Run a job under shipit's supervision (on a host).")
+)
+cli.add_command(
+    _passthrough("agent", "shipit.agent:main", "Host agent operations used by deploys (internal).")
+)
 
 
-_register()
+def _mask(text: str) -> str:
+    from shipit.output.mask import mask_text  # only on errors: shipit.output imports a lot
+
+    return mask_text(text, SESSION.secrets)
 
 
 def _error(message: str) -> None:
-    lines = mask_text(str(message), SESSION.secrets).strip().splitlines() or ["unknown error"]
+    lines = _mask(str(message)).strip().splitlines() or ["unknown error"]
     click.echo(f"shipit: error: {lines[0]}", err=True)
     if SESSION.verbose:
         for extra in lines[1:]:
@@ -128,8 +153,10 @@ def run(argv: list[str] | None = None) -> int:
         return 1
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if SESSION.verbose:
+            import traceback
+
             traceback.print_exc()
-        detail = mask_text(f"{type(exc).__name__}: {exc}", SESSION.secrets).splitlines()
+        detail = _mask(f"{type(exc).__name__}: {exc}").splitlines()
         hint = "" if SESSION.verbose else " (run with -v for the traceback)"
         click.echo(f"shipit: internal error: {detail[0] if detail else ''}{hint}", err=True)
         return 1

@@ -10,16 +10,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from shipit.errors import ShipitError
-from shipit.output import is_ci
 
 if TYPE_CHECKING:  # pydantic models load lazily: `shipit --help` should not pay for them
+    from pathlib import Path
+
     from shipit.config.model import StageConfig
 
 
@@ -45,6 +45,8 @@ def reset_session() -> Session:
 
 
 def config_path() -> Path:
+    from pathlib import Path  # with the config: `shipit --version` needs neither
+
     from shipit.config.loader import find_config
 
     if SESSION.config:
@@ -84,6 +86,13 @@ def stage_secrets(stage: StageConfig) -> list[str]:
         # vars named in `secrets:`.
         return [str(stage.vars[k]) for k in stage.secrets if stage.vars.get(k) not in (None, "")]
     return [s for s in secret_values(stage) if s]
+
+
+def is_ci() -> bool:
+    # Imported here: shipit.output imports every renderer (rich); `shipit --version` needs none.
+    from shipit.output import is_ci
+
+    return is_ci()
 
 
 def interactive() -> bool:

@@ -10,8 +10,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from shipit.cli.common import (
     SESSION,
@@ -33,6 +31,9 @@ from shipit.output.mask import mask_event, mask_value
 from shipit.output.pager import NO_PAGER, page
 
 if TYPE_CHECKING:  # pydantic models load lazily: `shipit --help` should not pay for them
+    from rich.console import Console
+    from rich.table import Table
+
     from shipit.config.model import StageConfig
 
 STAGE = click.argument("stage", metavar="STAGE")
@@ -41,6 +42,8 @@ YES = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmatio
 
 
 def _console() -> Console:
+    from rich.console import Console  # rich only to render a table: a deploy needs none
+
     # A pipe gets plain text at a width that never truncates a table.
     return Console(file=sys.stdout, highlight=False, width=None if stdout_is_tty() else 200)
 
@@ -133,6 +136,8 @@ def check_cmd(stage: str, hosts: str | None, roles: str | None, as_json: bool) -
     if as_json:
         echo_json(rows)
     else:
+        from rich.table import Table
+
         table = Table(box=None, pad_edge=False)
         for col in ("host", "ok", "current", "releases", "problems"):
             table.add_column(col)
@@ -222,6 +227,8 @@ def releases_cmd(stage: str, as_json: bool) -> None:
     if as_json:
         echo_json(found)
         return
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False)
     for col in ("host", "release", "revision", ""):
         table.add_column(col)
@@ -370,6 +377,8 @@ def history_table(records: list[dict[str, Any]], width: int) -> Table:
         ]
         rows.append(row)
     widths = _fit(titles, rows, width)
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False, show_edge=False)
     for title, w in zip(titles, widths, strict=True):
         table.add_column(title, no_wrap=True, overflow="ellipsis", min_width=w, max_width=w)

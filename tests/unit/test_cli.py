@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 
@@ -50,7 +51,9 @@ def write_config(path: Path, text: str = CONFIG) -> Path:
 
 
 # `agent` is internal: it speaks JSON on stdin/stdout, and its usage error is a JSON line.
-@pytest.mark.parametrize("command", [None, *sorted(set(cli.commands) - {"agent"})])
+@pytest.mark.parametrize(
+    "command", [None, *sorted(set(cli.list_commands(click.Context(cli))) - {"agent"})]
+)
 def test_help_on_every_command(capsys: pytest.CaptureFixture[str], command: str | None) -> None:
     code, out, err = shipit(capsys, *([command] if command else []), "--help")
     assert code == 0, err
