@@ -87,10 +87,18 @@ def close_gate(
     ttl: float,
     lock_wait: float = 0.0,
     force: bool = False,
+    alive: Callable[[], None] | None = None,
 ) -> Lease:
-    """close_gate, retrying GateHeld until `lock_wait` seconds have passed (woken by gate changes)."""
+    """close_gate, retrying GateHeld until `lock_wait` seconds have passed (woken by gate changes).
+
+    `alive` is called right before each attempt and raises when whoever asked for the close is
+    gone: a host agent may get here seconds after its deploy died (a slow start, a wait for
+    restarts to settle, `lock_wait`), and a gate closed then would stay closed for a whole TTL
+    on behalf of nobody."""
     deadline = time.monotonic() + max(0.0, lock_wait)
     while True:
+        if alive is not None:
+            alive()
         try:
             return store.close_gate(
                 holder=holder, deploy_id=deploy_id, reason=reason, ttl=ttl, force=force
@@ -279,9 +287,16 @@ def drain(
         raise DeployFailed(f"unknown drain_policy {policy!r} (use one of {', '.join(POLICIES)})")
     lease = close_gate(
         store, holder=holder, deploy_id=deploy_id, reason=reason, ttl=ttl,
-        lock_wait=lock_wait, force=force,
+        lock_wait=lock_wait, force=force, alive=keepalive,
     )
-    emit("gate.closed", host=host, epoch=lease.epoch, holder=lease.holder, expires_at=lease.expires_at)
+    try:
+        emit("gate.closed", host=host, epoch=lease.epoch, holder=lease.holder, expires_at=lease.expires_at)
+    except BaseException:
+        # The requester vanished between `alive` and the close (or we were interrupted): nothing
+        # is stopped yet and nobody will reopen this lease, so hand the gate back now.
+        with contextlib.suppress(Exception):
+            store.open_gate(lease.epoch, actor=holder)
+        raise
     d = _Drainer(
         store, lease, ttl=ttl, renew_every=renew_every or ttl / 3, host=host, emit=emit,
         signal_local=(not store.central) if signal_local is None else signal_local,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+from shipit.gate.base import CHECKPOINTED, FINISHED, ClaimSpec, Run
 from shipit.gate.sqlite import SQLiteStore
 from tests.jobs.deploy_kit import SHIPIT, agent, kill_group, running_run, start_job, wait_for
 
@@ -24,12 +26,14 @@ def test_drain_streams_events_then_the_result(tmp_path):
                                   "ttl": 5, "timeout": 30})
     proc.wait(timeout=10)
     assert code == 0
-    kinds = [line.get("event") for line in lines if "event" in line]
+    # Ticks are the agent making sure its deploy is still there (before it closes, at renewals).
+    events = [line for line in lines if "event" in line and line["event"] != "tick"]
+    kinds = [line["event"] for line in events]
     assert kinds[:2] == ["gate.closed", "job.running"] and "job.finished" in kinds
-    assert all(line.get("host") == "web1" for line in lines if "event" in line)
+    assert all(line.get("host") == "web1" for line in events)
     result = lines[-1]["result"]
     assert result["lease"]["holder"] == "alice" and result["recorded"] == []
-    assert lines[1]["run"]["run_id"] == run.id
+    assert events[1]["run"]["run_id"] == run.id
     store.close()
 
 
@@ -82,7 +86,10 @@ def test_a_vanished_deploy_stops_the_renewals_and_the_lease_expires(tmp_path):
         proc.stdin.write(json.dumps({"store": url, "deploy_id": "gone", "ttl": 3, "timeout": 600,
                                      "policy": "wait"}) + "\n")
         proc.stdin.close()
-        assert json.loads(proc.stdout.readline())["event"] == "gate.closed"
+        first = json.loads(proc.stdout.readline())
+        while first["event"] == "tick":
+            first = json.loads(proc.stdout.readline())
+        assert first["event"] == "gate.closed"
         proc.stdout.close()  # the deploy is gone: nobody reads the agent any more
         assert proc.wait(timeout=60) == 1
         assert store.gate().is_closed(time.time())  # not reopened: nobody said the deploy was over
@@ -91,3 +98,58 @@ def test_a_vanished_deploy_stops_the_renewals_and_the_lease_expires(tmp_path):
     finally:
         kill_group(job)
         store.close()
+
+
+def _closes_by(store: SQLiteStore, deploy_id: str) -> list[str]:
+    return [a.reason for a in store.audit_log(limit=1000) if a.action == "close" and deploy_id in a.reason]
+
+
+def _drain_for_a_gone_deploy(url: str, **opts: object) -> int:
+    """`agent drain` for deploy `gone`, whose requester disappears before the agent gets to
+    close: the pipe it writes to is closed at once (sshd closes a session's pipes when its
+    client dies, and leaves the command running)."""
+    proc = subprocess.Popen(
+        [*SHIPIT, "agent", "drain", "--opts", json.dumps({
+            "store": url, "holder": "ci", "deploy_id": "gone", "reason": "deploy gone", "ttl": 3,
+            "timeout": 30, **opts,
+        })], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    return proc.wait(timeout=60)
+
+
+def test_a_drain_whose_deploy_died_while_it_waited_for_restarts_to_settle_never_closes(tmp_path):
+    """Chaos seed 11: the agent's reconcile waited for a young restart claim to settle, its deploy
+    was SIGKILLed meanwhile, and the agent then closed the gate for nobody: held a TTL past the
+    deploy's death, so the next reconcile and deploy exited 3."""
+    store, url = _store(tmp_path)
+    old = store.claim(ClaimSpec(job="report", host="h1", command=("true",)))
+    assert isinstance(old, Run)
+    lease = store.close_gate(holder="alice", deploy_id="d0", reason="deploy d0", ttl=60)
+    store.request_stop(old.id, lease.epoch)
+    store.finish(old.id, CHECKPOINTED, 0)
+    assert store.claim_restart(old.id, lease.epoch)  # its supervisor is still starting
+    store.open_gate(lease.epoch, actor="alice")
+    code = []
+    waiter = threading.Thread(target=lambda: code.append(_drain_for_a_gone_deploy(url, spawn_grace=3)))
+    waiter.start()
+    # The restart settles while the agent waits: its supervisor claims the continuation.
+    new = store.claim(ClaimSpec(job="report", host="h1", command=("true",), continues=old.id, attempt=2))
+    assert isinstance(new, Run)
+    store.finish(new.id, FINISHED, 0)
+    waiter.join(60)
+    assert code == [1]  # RequesterGone
+    assert not store.gate().is_closed(time.time()), store.gate()
+    assert _closes_by(store, "gone") == []
+    store.close()
+
+
+def test_a_drain_whose_deploy_died_while_it_waited_for_the_gate_never_closes(tmp_path):
+    """The same with `lock_wait`: the gate another deploy held frees up after the requester died."""
+    store, url = _store(tmp_path)
+    store.close_gate(holder="bob", deploy_id="other", reason="deploy other", ttl=2)
+    assert _drain_for_a_gone_deploy(url, lock_wait=30) == 1
+    assert _closes_by(store, "gone") == []
+    assert store.gate().deploy_id == "other"
+    store.close()
