@@ -19,13 +19,22 @@ import time
 from collections.abc import Callable
 
 from shipit.errors import CorruptState, ShipitError, UsageError
-from shipit.gate.base import ACTIVE_STATES, ALL_STATES, RESTARTABLE_STATES, WAITING, Run, Store
+from shipit.gate.base import (
+    ACTIVE_STATES,
+    ALL_STATES,
+    GIVEN_UP,
+    RESTARTABLE_STATES,
+    WAITING,
+    Run,
+    Sealed,
+    Store,
+)
 
 TYPE_CHECKING = False  # typing costs ~3 ms to import; annotations are strings (PEP 563)
 if TYPE_CHECKING:
     from typing import IO, Any
 
-OPS = ("drain", "renew", "restart", "reconcile", "close", "open", "status", "list", "show")
+OPS = ("drain", "renew", "restart", "reconcile", "close", "open", "status", "list", "show", "forget")
 
 
 class RequesterGone(Exception):
@@ -141,18 +150,25 @@ def _runs_from(store: Store, opts: dict[str, Any], out: Out) -> list[Run]:
             runs.append(store.get_run(str(run_id)))
         except KeyError:
             out.event("log", message=f"run {run_id} is not in this store", level="warning")
+    from shipit.crypto import is_encrypted
+
     for d in opts.get("runs") or []:
         kw = {k: v for k, v in d.items() if k in fields}
         kw["command"] = tuple(kw.get("command") or ())
-        kw["env"] = dict(kw.get("env") or {})
+        # Encrypted values travel as their stored token (Run.to_dict) and stay sealed here.
+        kw["env"] = Sealed(kw["env"]) if is_encrypted(kw.get("env")) else dict(kw.get("env") or {})
+        if is_encrypted(kw.get("checkpoint")):
+            kw["checkpoint"] = Sealed(kw["checkpoint"])
         runs.append(RunType(**kw))
     return runs
 
 
 def public_run(run: Run, *, checkpoint: bool = False) -> dict[str, Any]:
-    """A run as shown to users: env values masked (they may be secrets), checkpoint on request."""
+    """A run as shown to users: env values masked (they may be secrets), checkpoint on request
+    (pass the run `opened()` then). An env still encrypted shows as '<encrypted>': its names
+    are hidden too, and listing never needs the key."""
     d = run.to_dict()
-    d["env"] = sorted(run.env)
+    d["env"] = "<encrypted>" if isinstance(run.env, Sealed) else sorted(run.env)
     if not checkpoint:
         d["checkpoint"] = None if run.checkpoint is None else "<saved>"
     return d

@@ -17,16 +17,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import fields
 
 from shipit import crypto
-from shipit.errors import CorruptState, FencingError, GateHeld, ShipitError
+from shipit.errors import CorruptState, FencingError, GateHeld, ShipitError, StoreUnavailable
 from shipit.gate.base import (
     ALL_STATES,
     FINAL_STATES,
     GIVEN_UP,
     RESTARTABLE_STATES,
     SCHEMA_VERSION,
+    WAITING,
+    ClaimSpec,
     Lease,
     RestartClaim,
     Run,
+    Sealed,
 )
 
 TYPE_CHECKING = False  # typing costs ~3 ms to import; annotations are strings (PEP 563)
@@ -44,6 +47,18 @@ LEASE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Lease))
 POLL = 0.02
 # How long a supervisor keeps trying for a restart hold: probers hold the lock for an instant.
 HOLD_WAIT = 1.0
+
+
+class StoreMissing(StoreUnavailable):
+    """The job side (`shipit job run`, the Python API) found no store where it was told to look.
+    It never creates one: a typo in a cron line's --store would otherwise run the job through a
+    brand-new, open gate that no deploy ever closes. The deploy (its agent) creates the store."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            f"no job store at {where}: deploy the stage first (it creates the store) or fix "
+            "--store/SHIPIT_STORE"
+        )
 
 
 class RunBusy(ShipitError):
@@ -218,7 +233,8 @@ _RUN_TYPES: dict[str, Any] = {
     "restarts": int, "created_at": int | float, "key": str | None, "pid": int | None,
     "cwd": str | None, "continues": str | None, "exit_code": int | None, "message": str | None,
     **{k: int | float | None for k in ("started_at", "finished_at", "heartbeat_at", "progress_done",
-                                       "progress_total", "checkpoint_at", "stop_requested_at")},
+                                       "progress_total", "checkpoint_at", "stop_requested_at",
+                                       "grace", "stop_grace")},
 }
 
 
@@ -226,16 +242,20 @@ def run_from_dict(d: Mapping[str, Any]) -> Run:
     """TypeError/ValueError for a hand-edited or damaged record (callers make it CorruptState):
     a run with `attempt: "x"` would otherwise load and crash whoever restarts it."""
     kw = {k: d[k] for k in RUN_FIELDS if k in d}
-    if not isinstance(kw.get("command") or [], list | tuple) or not isinstance(kw.get("env") or {}, dict):
+    sealed_env = isinstance(kw.get("env"), Sealed)
+    if not isinstance(kw.get("command") or [], list | tuple) or not (
+        sealed_env or isinstance(kw.get("env") or {}, dict)
+    ):
         raise TypeError("command must be a list and env a mapping")
     kw["command"] = tuple(kw.get("command") or ())
-    kw["env"] = dict(kw.get("env") or {})
+    if not sealed_env:
+        kw["env"] = dict(kw.get("env") or {})
     for name, kind in _RUN_TYPES.items():
         if name in kw and (isinstance(kw[name], bool) or not isinstance(kw[name], kind)):
             raise TypeError(f"{name} {kw[name]!r}")
     if kw.get("state") not in ALL_STATES:
         raise ValueError(f"state {kw.get('state')!r}")
-    if not all(isinstance(a, str) for a in kw["command"]) or not all(
+    if not all(isinstance(a, str) for a in kw["command"]) or not sealed_env and not all(
         isinstance(k, str) and isinstance(v, str) for k, v in kw["env"].items()
     ):
         raise TypeError("command and env must hold text")
@@ -245,22 +265,26 @@ def run_from_dict(d: Mapping[str, Any]) -> Run:
 def run_to_row(run: Run) -> dict[str, Any]:
     row = run.to_dict()
     for k in JSON_FIELDS:
+        if k in SEALED_FIELDS and isinstance(getattr(run, k), Sealed):
+            continue  # still the stored token: written back as it was
         row[k] = None if k == "checkpoint" and row[k] is None else json.dumps(row[k], ensure_ascii=False)
-    for k in SEALED_FIELDS:
-        if row[k] is not None:
+        if k in SEALED_FIELDS and row[k] is not None:
             row[k] = crypto.seal(row[k])
     return row
 
 
 def row_to_run(row: Mapping[str, Any], where: str) -> Run:
+    """A run from a SQL row. An encrypted env or checkpoint is kept as a Sealed value, decrypted
+    only by `Run.opened()`: reading runs never needs the key."""
     d = dict(row)
     try:
         for k in JSON_FIELDS:
             if d.get(k) is not None:
                 text = d[k]
-                if k in SEALED_FIELDS and isinstance(text, str):
-                    text = crypto.unseal(text, f"{where}: run {d.get('id')!r}")
-                d[k] = json.loads(text)
+                if k in SEALED_FIELDS and crypto.is_encrypted(text):
+                    d[k] = Sealed(text, f"{where}: run {d.get('id')!r}")
+                else:
+                    d[k] = json.loads(text)
         return run_from_dict(d)
     except (ValueError, TypeError) as e:
         raise CorruptState(f"{where}: run {d.get('id')!r} cannot be read ({e})") from None
@@ -279,14 +303,15 @@ def encode_checkpoint(value: Any) -> str:
     return crypto.seal(encode_json(value))
 
 
-def seal_run_dict(d: dict[str, Any]) -> dict[str, Any]:
-    """A run dict (to_dict) with env and checkpoint encrypted when a key is configured; for
-    backends that store JSON documents rather than columns (file)."""
+def seal_run_dict(run: Run) -> dict[str, Any]:
+    """A run as a dict with env and checkpoint encrypted when a key is configured; for backends
+    that store JSON documents rather than columns (file). Values still Sealed are written back
+    as the token they were read as, key or no key."""
+    out = run.to_dict()
     if crypto.cipher_from_env() is None:
-        return d
-    out = dict(d)
+        return out
     for k in SEALED_FIELDS:
-        if out[k] is not None:
+        if out[k] is not None and not isinstance(getattr(run, k), Sealed):
             out[k] = crypto.seal(json.dumps(out[k], ensure_ascii=False, allow_nan=False))
     return out
 
@@ -317,10 +342,11 @@ def reseal_run_dict(d: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def unseal_run_dict(d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A stored run document with its encrypted values as Sealed (decrypted lazily)."""
     out = dict(d)
     for k in SEALED_FIELDS:
         if crypto.is_encrypted(out.get(k)):
-            out[k] = json.loads(crypto.unseal(out[k], f"{where}: run {out.get('id')!r}"))
+            out[k] = Sealed(out[k], f"{where}: run {out.get('id')!r}")
     return out
 
 
@@ -436,6 +462,104 @@ class RunLocks:
             self._held.clear()
         for fd in fds:
             os.close(fd)
+
+
+class WaitingRoom:
+    """Waiting entries of a per-host store (file, SQLite): `<dir>/<id>.json`, the entry, and
+    `<dir>/<id>.lock`, held LOCK_EX by the waiting process for as long as it waits: the run-lock
+    machinery, so an entry whose lock can be taken belongs to a process that is gone.
+
+    The lock is taken before the entry is written and the entry removed before the lock is let
+    go, so an entry seen with a free lock is certainly dead: `list()` removes it. Entries are
+    for display only: written without fsync, and nothing the gate, the barrier or a drain
+    reads ever looks in this folder.
+    """
+
+    # A lock file without its entry (a waiter killed between the two) is removed once this old.
+    ORPHAN_AGE = 60.0
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        self.locks = RunLocks(directory)
+
+    def _path(self, run_id: str) -> str:
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise KeyError(run_id)
+        return os.path.join(self.dir, f"{run_id}.json")
+
+    def enter(self, spec: ClaimSpec, lease: Lease) -> Run:
+        ensure_private_dir(self.dir)
+        run_id = new_run_id()
+        if not self.locks.try_hold(run_id, HOLD_WAIT):
+            raise StoreUnavailable(f"{self.dir}: could not lock a new waiting entry")
+        try:
+            run = waiting_run(run_id, spec, lease, time.time())
+            path = self._path(run_id)
+            tmp = f"{path}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, json.dumps({"schema": SCHEMA_VERSION, "run": run.to_dict()}).encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            self.locks.release(run_id, unlink=True)
+            raise
+        return run
+
+    def leave(self, run_id: str) -> None:
+        try:
+            path = self._path(run_id)
+        except KeyError:
+            return
+        remove(path)  # the entry first, then the lock: a listed entry's lock is always held
+        if self.locks.holds(run_id):
+            self.locks.release(run_id, unlink=True)
+        else:
+            remove(self.locks.path(run_id))
+
+    def list(self, host: str | None = None) -> list[Run]:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        out = []
+        entries = {n[: -len(".json")] for n in names if n.endswith(".json")}
+        for run_id in entries:
+            if not self.locks.is_held(run_id):
+                self.leave(run_id)  # its process is gone
+                continue
+            try:
+                with open(self._path(run_id), "rb") as f:
+                    run = run_from_dict(json.loads(f.read())["run"])
+            except (OSError, ValueError, TypeError, KeyError):
+                continue  # gone meanwhile, or damaged: it is only shown, never acted on
+            if host is None or run.host == host:
+                out.append(run)
+        now = time.time()
+        for name in names:
+            run_id = name[: -len(".lock")]
+            if name.endswith(".lock") and run_id not in entries:
+                with contextlib.suppress(OSError):
+                    old = now - os.stat(os.path.join(self.dir, name)).st_mtime > self.ORPHAN_AGE
+                    if old and not self.locks.is_held(run_id):
+                        remove(os.path.join(self.dir, name))
+        out.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return out
+
+    def close(self) -> None:
+        self.locks.close()
+
+
+def waiting_run(run_id: str, spec: ClaimSpec, lease: Lease, now: float) -> Run:
+    """What a waiting entry shows: who waits, where, since when, at which closed epoch. Never
+    the env (the entry is not encrypted and only shown)."""
+    return Run(
+        id=run_id, job=spec.job, host=spec.host, command=tuple(spec.command), state=WAITING,
+        attempt=spec.attempt, key=spec.key, pid=spec.pid, cwd=spec.cwd, epoch=lease.epoch,
+        created_at=now, heartbeat_at=now, continues=spec.continues, restarts=spec.restarts,
+        grace=spec.grace,
+    )
 
 
 def remove(path: str) -> None:

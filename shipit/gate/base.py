@@ -30,12 +30,15 @@ if TYPE_CHECKING:
     from typing import Any
 
 # 2: unique continuations (claim() with `continues`), restart claims held by their supervisor
-# and re-taken when it died (respawns). Older stores are upgraded when first opened.
-SCHEMA_VERSION = 2
+# and re-taken when it died (respawns). 3: a run's own grace and the grace its stop request
+# carries; waiting entries. Older stores are upgraded when first opened.
+SCHEMA_VERSION = 3
 
 # Run states. A run moves waiting -> running -> finished | failed | stop_requested, and a stopped
 # run ends checkpointed | interrupted. A deploy restarts checkpointed/interrupted runs as NEW runs
-# (attempt+1, `continues` = old id). given_up: max_restarts reached, not restarted again.
+# (attempt+1, `continues` = old id). given_up: max_restarts reached (or forgotten by hand), not
+# restarted again. `waiting` is never a state of a recorded run: it is what a waiting entry
+# (`list_waiting()`, a job at the closed gate, kept apart from the runs) reads as.
 WAITING = "waiting"
 RUNNING = "running"
 FINISHED = "finished"
@@ -68,6 +71,44 @@ class Lease:
         return asdict(self)
 
 
+class Sealed:
+    """A stored env or checkpoint still encrypted: read back as is, decrypted only when a run
+    is actually restarted or shown with its state (`Run.opened()`). Listing, status, draining
+    and finishing runs therefore never need the state key, and a run whose key is lost cannot
+    block them. Written back unchanged (the token) by stores that rewrite whole runs."""
+
+    __slots__ = ("token", "where")
+
+    def __init__(self, token: str, where: str = "job store") -> None:
+        self.token = token
+        self.where = where  # names the store and the run in errors
+
+    def open(self) -> Any:
+        """The value, decrypted: StateKeyError (exit 5) without the right key, the token kept."""
+        import json
+
+        from shipit import crypto
+        from shipit.errors import CorruptState
+
+        text = crypto.unseal(self.token, self.where)
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise CorruptState(f"{self.where}: the saved state is not JSON once decrypted") from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sealed) and other.token == self.token
+
+    def __hash__(self) -> int:
+        return hash(self.token)
+
+    def __repr__(self) -> str:
+        return "Sealed(<encrypted>)"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Sealed:
+        return self  # immutable
+
+
 @dataclass(frozen=True)
 class ClaimSpec:
     """What a job asks for when it claims a run."""
@@ -82,6 +123,11 @@ class ClaimSpec:
     continues: str | None = None  # the run this one continues (restart)
     attempt: int = 1
     restarts: int = 0  # restarts caused by deploys (do not count as failures)
+    # The supervisor's own grace (an explicit `--grace`): it wins over the grace a deploy's
+    # stop request carries, so it is recorded and the drain waits for it. None: the deploy's.
+    grace: float | None = None
+    # The id to give the run: the id of this job's waiting entry, so the entry turns into it.
+    run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +141,7 @@ class Run:
     key: str | None = None
     pid: int | None = None
     cwd: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] | Sealed = field(default_factory=dict)  # Sealed: encrypted, see opened()
     epoch: int = 0  # gate epoch seen open when the run was claimed
     created_at: float = 0.0
     started_at: float | None = None
@@ -103,18 +149,47 @@ class Run:
     heartbeat_at: float | None = None
     progress_done: float | None = None
     progress_total: float | None = None
-    checkpoint: Any = None  # JSON-able saved state (None = never checkpointed)
+    checkpoint: Any = None  # JSON-able saved state (None = never checkpointed), maybe Sealed
     checkpoint_at: float | None = None
     continues: str | None = None
     restarts: int = 0
     exit_code: int | None = None
     message: str | None = None
     stop_requested_at: float | None = None
+    grace: float | None = None  # the supervisor's own (explicit) grace; None: the deploy's
+    stop_grace: float | None = None  # the grace the deploy's stop request carries
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able; an encrypted env or checkpoint stays the stored token (never plaintext)."""
         d = asdict(self)
         d["command"] = list(self.command)
+        for k in ("env", "checkpoint"):
+            if isinstance(d[k], Sealed):
+                d[k] = d[k].token
         return d
+
+    @property
+    def sealed(self) -> bool:
+        """Its env or checkpoint is still encrypted (not decrypted by this process)."""
+        return isinstance(self.env, Sealed) or isinstance(self.checkpoint, Sealed)
+
+    def opened(self) -> Run:
+        """This run with its env and checkpoint decrypted: what a restart or `jobs show --state`
+        needs. StateKeyError (exit 5, naming the run) when the key is missing or wrong; nothing
+        stored changes."""
+        if not self.sealed:
+            return self
+        from dataclasses import replace
+
+        env = self.env.open() if isinstance(self.env, Sealed) else self.env
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            from shipit.errors import CorruptState
+
+            raise CorruptState(f"run {self.id!r}: its recorded env is not a mapping of text")
+        ckpt = self.checkpoint.open() if isinstance(self.checkpoint, Sealed) else self.checkpoint
+        return replace(self, env=env, checkpoint=ckpt)
 
 
 @dataclass(frozen=True)
@@ -212,8 +287,10 @@ class Store(ABC):
         """Newest first."""
 
     @abstractmethod
-    def request_stop(self, run_id: str, epoch: int) -> None:
-        """Mark stop_requested (FencingError if the gate is not closed at `epoch`)."""
+    def request_stop(self, run_id: str, epoch: int, grace: float | None = None) -> None:
+        """Mark stop_requested (FencingError if the gate is not closed at `epoch`). `grace`:
+        the seconds between TERM and KILL the deploy grants; recorded as `stop_grace`, which
+        the supervisor uses unless the run has its own (`Run.grace`)."""
 
     @abstractmethod
     def is_alive(self, run: Run) -> bool:
@@ -228,6 +305,36 @@ class Store(ABC):
     def wait_runs_change(self, run_ids: Iterable[str], timeout: float) -> None:
         """Block until any of these runs may have ended, or timeout (event-driven: lock waits
         for file/SQLite, LISTEN/NOTIFY for PostgreSQL)."""
+
+    @abstractmethod
+    def continuations(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """For those of these runs that another run continues: run id -> the continuing run's id."""
+
+    # -- waiting entries ------------------------------------------------------------------------
+    # A job waiting at the closed gate is shown (status, `jobs list --state waiting`) through a
+    # waiting entry, kept apart from the runs: it is not a claim and never a run, so neither the
+    # claim's gate check, nor close_gate()'s barrier, nor list_runs() (what the drain reads)
+    # ever sees it. Its liveness is that of a run: a lock its process holds (file, SQLite), or
+    # a heartbeat (PostgreSQL). claim() with `spec.run_id` set to its id removes it in the same
+    # step that records the run, which takes over the id.
+
+    @abstractmethod
+    def enter_waiting(self, spec: ClaimSpec, lease: Lease) -> Run:
+        """Record that this process waits at the gate `lease` describes; returns the entry (state
+        WAITING, `created_at` = since when). Pass its id as `ClaimSpec.run_id` to the claims."""
+
+    @abstractmethod
+    def refresh_waiting(self, run_id: str) -> None:
+        """Keep a waiting entry alive (PostgreSQL heartbeat); a held lock needs nothing."""
+
+    @abstractmethod
+    def leave_waiting(self, run_id: str) -> None:
+        """Remove a waiting entry (gave up, or failed); a no-op when it is gone already."""
+
+    @abstractmethod
+    def list_waiting(self, host: str | None = None) -> list[Run]:
+        """The live waiting entries, newest first. Entries of processes that died are not shown
+        (and are cleaned up where the backend can)."""
 
     @abstractmethod
     def claim_restart(self, run_id: str, epoch: int) -> bool:

@@ -13,6 +13,8 @@ Layout (dirs 0700, files 0600):
   restarts/<id>     restart claims, created exclusively (exactly once), rewritten when re-taken
   restarts/<id>.lock  held LOCK_EX by the supervisor spawned for that restart until it claimed
   continued/<id>    the id of the one run that continues run <id>, created exclusively
+  waiting/<id>.json a job waiting at the closed gate (shown by status), with waiting/<id>.lock
+                    held by its process (see _common.WaitingRoom); never read by claims or drains
   audit.jsonl       appended JSON lines
 
 Files that must appear whole and only once (restart claims, continuation markers) are written to
@@ -106,18 +108,26 @@ class FileStore(Store):
     kind = "file"
     central = False
 
-    def __init__(self, directory: str, *, heartbeat_stale: float = 30.0) -> None:
+    def __init__(
+        self, directory: str, *, heartbeat_stale: float = 30.0, create: bool = True
+    ) -> None:
         # heartbeat_stale is accepted for a uniform constructor; liveness here is the run lock.
+        # create=False (the job side): a folder that holds no store yet is StoreMissing.
         self.dir = os.path.abspath(directory)
         self.heartbeat_stale = heartbeat_stale
+        if not create and not any(
+            os.path.exists(os.path.join(self.dir, name)) for name in ("schema", "gate.json")
+        ):
+            raise c.StoreMissing(f"file:{self.dir}")
         try:
-            for sub in ("", "runs", "restarts", "continued"):
+            for sub in ("", "runs", "restarts", "continued", "waiting"):
                 c.ensure_private_dir(os.path.join(self.dir, sub))
         except OSError as e:
             raise StoreUnavailable(f"cannot open the job store {self.dir}: {e.strerror}") from None
         self.locks = c.RunLocks(os.path.join(self.dir, "runs"))
         # Restart holds: taken by the supervisor a restart spawned, until its claim commits.
         self.holds = c.RunLocks(os.path.join(self.dir, "restarts"))
+        self.waiting = c.WaitingRoom(os.path.join(self.dir, "waiting"))
         self._mu = threading.RLock()  # flock is per open file: serialise this object's threads
         self._gate_path = os.path.join(self.dir, "gate.json")
         with self._flock("writer.lock", fcntl.LOCK_EX):
@@ -233,7 +243,7 @@ class FileStore(Store):
             raise CorruptState(f"{path}: run file is unreadable ({type(e).__name__})") from None
 
     def _save_run(self, run: Run) -> None:
-        doc = {"schema": SCHEMA_VERSION, "run": c.seal_run_dict(run.to_dict())}
+        doc = {"schema": SCHEMA_VERSION, "run": c.seal_run_dict(run)}
         data = json.dumps(doc, ensure_ascii=False, allow_nan=False).encode()
         _write_atomic(self._run_path(run.id), data)
 
@@ -348,7 +358,7 @@ class FileStore(Store):
         lease = self._read_gate()
         if lease.is_closed(time.time()):
             return lease
-        run_id = c.new_run_id()
+        run_id = spec.run_id or c.new_run_id()
         self.locks.hold(run_id)  # before the run file exists: a listed run is never "dead"
         try:
             with self._flock("gate.lock", fcntl.LOCK_SH):
@@ -362,6 +372,7 @@ class FileStore(Store):
                     state=RUNNING, attempt=spec.attempt, key=spec.key, pid=spec.pid, cwd=spec.cwd,
                     env=dict(spec.env), epoch=lease.epoch, created_at=now, started_at=now,
                     heartbeat_at=now, continues=spec.continues, restarts=spec.restarts,
+                    grace=spec.grace,
                 )
                 if spec.key is None and spec.continues is None:
                     self._save_run(run)
@@ -372,6 +383,8 @@ class FileStore(Store):
                         if spec.key is not None:
                             self._check_key(spec.key)
                         self._save_continuation(run) if spec.continues else self._save_run(run)
+            if spec.run_id:
+                self.waiting.leave(spec.run_id)  # the waiting entry is this run now
             return run
         except BaseException:
             self.locks.release(run_id, unlink=True)
@@ -473,7 +486,7 @@ class FileStore(Store):
         ]
         return out if limit is None else out[:limit]
 
-    def request_stop(self, run_id: str, epoch: int) -> None:
+    def request_stop(self, run_id: str, epoch: int, grace: float | None = None) -> None:
         with self._flock("writer.lock", fcntl.LOCK_EX):
             lease = self._read_gate()
             if not (lease.is_closed(time.time()) and lease.epoch == epoch):
@@ -484,7 +497,8 @@ class FileStore(Store):
             with self._flock("runs.lock", fcntl.LOCK_EX):
                 run = self._load_run(self._run_path(run_id))
                 if run.state == RUNNING:
-                    self._save_run(replace(run, state=STOP_REQUESTED, stop_requested_at=time.time()))
+                    self._save_run(replace(run, state=STOP_REQUESTED, stop_requested_at=time.time(),
+                                           stop_grace=grace))
 
     def is_alive(self, run: Run) -> bool:
         return self.locks.is_held(run.id)
@@ -503,6 +517,26 @@ class FileStore(Store):
 
     def wait_runs_change(self, run_ids: Iterable[str], timeout: float) -> None:
         self.locks.wait_any_free(run_ids, timeout)
+
+    def continuations(self, run_ids: Iterable[str]) -> dict[str, str]:
+        out = {}
+        for run_id in run_ids:
+            by = self._continued_by(run_id)
+            if by is not None:
+                out[run_id] = by
+        return out
+
+    def enter_waiting(self, spec: ClaimSpec, lease: Lease) -> Run:
+        return self.waiting.enter(spec, lease)
+
+    def refresh_waiting(self, run_id: str) -> None:
+        """Nothing to refresh: the entry's lock is held for as long as this process lives."""
+
+    def leave_waiting(self, run_id: str) -> None:
+        self.waiting.leave(run_id)
+
+    def list_waiting(self, host: str | None = None) -> list[Run]:
+        return self.waiting.list(host)
 
     def claim_restart(self, run_id: str, epoch: int) -> bool:
         path = self._claim_path(run_id)
@@ -632,3 +666,4 @@ class FileStore(Store):
     def close(self) -> None:
         self.locks.close()
         self.holds.close()
+        self.waiting.close()

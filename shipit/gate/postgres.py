@@ -17,7 +17,8 @@ a lost commit acknowledgement gives the same answer.
 from __future__ import annotations
 
 import contextlib
-import secrets
+import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -95,6 +96,19 @@ ALTER TABLE shipit_restarts ADD COLUMN IF NOT EXISTS held_at float8,
 CREATE UNIQUE INDEX IF NOT EXISTS shipit_runs_continues ON shipit_runs (continues)
   WHERE continues IS NOT NULL;
 """,
+    # A run's own grace and its stop request's; waiting entries (jobs at the closed gate, shown
+    # by status). Entries are never deleted (the app role has no DELETE): a gone or stale one's
+    # slot is taken over by the next waiter, so the table holds at most as many rows as jobs
+    # ever waited at once.
+    3: """
+ALTER TABLE shipit_runs ADD COLUMN IF NOT EXISTS grace float8,
+  ADD COLUMN IF NOT EXISTS stop_grace float8;
+CREATE TABLE IF NOT EXISTS shipit_waiting (
+  slot bigserial PRIMARY KEY, id text NOT NULL, host text NOT NULL, gone boolean NOT NULL,
+  created_at float8 NOT NULL, heartbeat_at float8 NOT NULL, doc text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shipit_waiting_id ON shipit_waiting (id);
+""",
 }
 
 _COLS = sql.SQL(", ").join(sql.Identifier(k) for k in c.RUN_FIELDS)
@@ -108,8 +122,10 @@ class PostgresStore(Store):
 
     def __init__(
         self, dsn: str, *, heartbeat_stale: float = 30.0, connect_timeout: float = 5.0,
-        close_wait: float = 30.0,
+        close_wait: float = 30.0, create: bool = True,
     ) -> None:
+        # create=False (the job side): a database without shipit's tables is StoreMissing.
+        self._create = create
         self._dsn = dsn
         self.heartbeat_stale = heartbeat_stale
         self.connect_timeout = connect_timeout
@@ -174,6 +190,8 @@ class PostgresStore(Store):
     def _init_schema(self, cur: psycopg.Cursor[dict[str, Any]]) -> None:
         cur.execute("SELECT to_regclass('shipit_schema') IS NOT NULL AS present")
         row = cur.fetchone()
+        if not (row and row["present"]) and not self._create:
+            raise c.StoreMissing(redact(self._dsn))
         if not (row and row["present"]):
             # Serialised so that concurrent first uses do not race on CREATE TABLE.
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_KEY,))
@@ -334,7 +352,7 @@ class PostgresStore(Store):
 
     # -- job side -----------------------------------------------------------------------------
     def claim(self, spec: ClaimSpec) -> Run | Lease:
-        run_id = c.new_run_id()
+        run_id = spec.run_id or c.new_run_id()
         tried = False
 
         def tx(cur: psycopg.Cursor[dict[str, Any]]) -> Run | Lease:
@@ -369,6 +387,7 @@ class PostgresStore(Store):
                 state=RUNNING, attempt=spec.attempt, key=spec.key, pid=spec.pid, cwd=spec.cwd,
                 env=dict(spec.env), epoch=lease.epoch, created_at=now, started_at=now,
                 heartbeat_at=now, continues=spec.continues, restarts=spec.restarts,
+                grace=spec.grace,
             )
             r = c.run_to_row(run)
             # A second continuation of the same run is skipped by the partial unique index (a
@@ -384,6 +403,9 @@ class PostgresStore(Store):
                 cur.execute("SELECT id FROM shipit_runs WHERE continues = %s", (spec.continues,))
                 other = cur.fetchone()
                 raise c.AlreadyContinued(str(spec.continues), other["id"] if other else "?")
+            if spec.run_id:
+                # The waiting entry is this run now: gone in the very transaction that admits it.
+                cur.execute("UPDATE shipit_waiting SET gone = true WHERE id = %s", (spec.run_id,))
             return run
 
         return self._with_retry(tx)
@@ -487,7 +509,7 @@ class PostgresStore(Store):
 
         return self._with_retry(tx)
 
-    def request_stop(self, run_id: str, epoch: int) -> None:
+    def request_stop(self, run_id: str, epoch: int, grace: float | None = None) -> None:
         def tx(cur: psycopg.Cursor[dict[str, Any]]) -> None:
             lease = self._gate(cur, "FOR SHARE")
             if not (lease.is_closed(self._now(cur)) and lease.epoch == epoch):
@@ -497,9 +519,9 @@ class PostgresStore(Store):
                 )
             self._run(cur, run_id)
             cur.execute(
-                f"UPDATE shipit_runs SET state = %s, stop_requested_at = {NOW} "
+                f"UPDATE shipit_runs SET state = %s, stop_requested_at = {NOW}, stop_grace = %s "
                 "WHERE id = %s AND state = %s",
-                (STOP_REQUESTED, run_id, RUNNING),
+                (STOP_REQUESTED, grace, run_id, RUNNING),
             )
 
         self._with_retry(tx)
@@ -565,8 +587,77 @@ class PostgresStore(Store):
             if self._wait_notify(min(left, fresh_for + 0.01), set(ids)):
                 return
 
+    def continuations(self, run_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(run_ids)
+
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> dict[str, str]:
+            cur.execute("SELECT continues, id FROM shipit_runs WHERE continues = ANY(%s)", (ids,))
+            return {str(r["continues"]): str(r["id"]) for r in cur.fetchall()}
+
+        return self._with_retry(tx) if ids else {}
+
+    # -- waiting entries: liveness is the heartbeat, like runs ---------------------------------
+    def enter_waiting(self, spec: ClaimSpec, lease: Lease) -> Run:
+        run_id = c.new_run_id()
+
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> Run:
+            now = self._now(cur)
+            run = c.waiting_run(run_id, spec, lease, now)
+            cur.execute("SELECT 1 FROM shipit_waiting WHERE id = %s AND NOT gone", (run_id,))
+            if cur.fetchone() is not None:
+                return run  # a retry after our commit's acknowledgement was lost
+            values = {"id": run_id, "host": spec.host, "now": now, "stale": self.heartbeat_stale,
+                      "doc": json.dumps(run.to_dict(), ensure_ascii=False)}
+            # Take over the slot of an entry that is gone (or whose waiter died), else add one.
+            cur.execute(
+                "UPDATE shipit_waiting SET id = %(id)s, host = %(host)s, gone = false, "
+                "created_at = %(now)s, heartbeat_at = %(now)s, doc = %(doc)s WHERE slot = ("
+                "SELECT slot FROM shipit_waiting WHERE gone OR %(now)s - heartbeat_at >= %(stale)s "
+                "ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED)",
+                values,
+            )
+            if cur.rowcount != 1:
+                cur.execute(
+                    "INSERT INTO shipit_waiting (id, host, gone, created_at, heartbeat_at, doc) "
+                    "VALUES (%(id)s, %(host)s, false, %(now)s, %(now)s, %(doc)s)",
+                    values,
+                )
+            return run
+
+        return self._with_retry(tx)
+
+    def refresh_waiting(self, run_id: str) -> None:
+        self._with_retry(lambda cur: cur.execute(
+            f"UPDATE shipit_waiting SET heartbeat_at = {NOW} WHERE id = %s AND NOT gone", (run_id,)
+        ))
+
+    def leave_waiting(self, run_id: str) -> None:
+        self._with_retry(lambda cur: cur.execute(
+            "UPDATE shipit_waiting SET gone = true WHERE id = %s", (run_id,)
+        ))
+
+    def list_waiting(self, host: str | None = None) -> list[Run]:
+        def tx(cur: psycopg.Cursor[dict[str, Any]]) -> list[Run]:
+            cur.execute(
+                "SELECT doc, created_at, heartbeat_at FROM shipit_waiting WHERE NOT gone "
+                f"AND {NOW} - heartbeat_at < %(stale)s AND (%(host)s::text IS NULL OR host = %(host)s) "
+                "ORDER BY created_at DESC, id DESC",
+                {"stale": self.heartbeat_stale, "host": host},
+            )
+            out = []
+            for r in cur.fetchall():
+                try:
+                    d = {**json.loads(r["doc"]), "created_at": r["created_at"],
+                         "heartbeat_at": r["heartbeat_at"]}
+                    out.append(c.run_from_dict(d))
+                except (ValueError, TypeError):
+                    continue  # only ever shown: a damaged entry is left out
+            return out
+
+        return self._with_retry(tx)
+
     def claim_restart(self, run_id: str, epoch: int) -> bool:
-        token = secrets.token_hex(8)
+        token = os.urandom(8).hex()
 
         def tx(cur: psycopg.Cursor[dict[str, Any]]) -> bool:
             lease = self._gate(cur, "FOR SHARE")
@@ -611,7 +702,7 @@ class PostgresStore(Store):
         return self._with_retry(tx) if ids else {}
 
     def hold_restart(self, run_id: str) -> bool:
-        token = self._hold_tokens.setdefault(run_id, secrets.token_hex(8))
+        token = self._hold_tokens.setdefault(run_id, os.urandom(8).hex())
 
         def tx(cur: psycopg.Cursor[dict[str, Any]]) -> bool:
             # Ours already (a retry), free, or held by a holder whose heartbeat went stale.
@@ -650,7 +741,7 @@ class PostgresStore(Store):
         ))
 
     def retake_restart(self, run_id: str, epoch: int, *, grace: float) -> RestartClaim | None:
-        token = secrets.token_hex(8)
+        token = os.urandom(8).hex()
         before: list[RestartClaim] = []
 
         def tx(cur: psycopg.Cursor[dict[str, Any]]) -> RestartClaim | None:

@@ -78,6 +78,11 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE restarts ADD COLUMN respawns INTEGER NOT NULL DEFAULT 0",
         "CREATE UNIQUE INDEX runs_continues ON runs (continues) WHERE continues IS NOT NULL",
     ),
+    # A run's own grace and its stop request's. (Waiting entries are files: see WaitingRoom.)
+    3: (
+        "ALTER TABLE runs ADD COLUMN grace REAL",
+        "ALTER TABLE runs ADD COLUMN stop_grace REAL",
+    ),
 }
 
 _COLS = ", ".join(c.RUN_FIELDS)
@@ -87,18 +92,26 @@ class SQLiteStore(Store):
     kind = "sqlite"
     central = False
 
-    def __init__(self, path: str, *, heartbeat_stale: float = 30.0, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: str, *, heartbeat_stale: float = 30.0, busy_timeout: float = 30.0,
+        create: bool = True,
+    ) -> None:
         # heartbeat_stale is accepted for a uniform constructor; liveness here is the run lock.
+        # create=False (the job side): a database file that does not exist is StoreMissing.
         self.path = os.path.abspath(path)
         self.heartbeat_stale = heartbeat_stale
+        if not create and not os.path.exists(self.path):
+            raise c.StoreMissing(f"sqlite:{self.path}")
         d = os.path.dirname(self.path)
         self.locks = c.RunLocks(os.path.join(d, "runs"))
         self.holds = c.RunLocks(os.path.join(d, "restarts"))
+        self.waiting = c.WaitingRoom(os.path.join(d, "waiting"))
         self._mu = threading.RLock()
         try:
             c.ensure_private_dir(d)
             c.ensure_private_dir(os.path.join(d, "runs"))
             c.ensure_private_dir(os.path.join(d, "restarts"))
+            c.ensure_private_dir(os.path.join(d, "waiting"))
             if not os.path.exists(self.path):
                 os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         except OSError as e:
@@ -275,7 +288,7 @@ class SQLiteStore(Store):
 
     # -- job side -----------------------------------------------------------------------------
     def claim(self, spec: ClaimSpec) -> Run | Lease:
-        run_id = c.new_run_id()
+        run_id = spec.run_id or c.new_run_id()
         # The lock is held before the row exists: a listed run is never judged dead by mistake.
         self.locks.hold(run_id)
         try:
@@ -294,12 +307,15 @@ class SQLiteStore(Store):
                     state=RUNNING, attempt=spec.attempt, key=spec.key, pid=spec.pid, cwd=spec.cwd,
                     env=dict(spec.env), epoch=lease.epoch, created_at=now, started_at=now,
                     heartbeat_at=now, continues=spec.continues, restarts=spec.restarts,
+                    grace=spec.grace,
                 )
                 row = c.run_to_row(run)
                 db.execute(
                     f"INSERT INTO runs ({_COLS}) VALUES ({', '.join('?' * len(c.RUN_FIELDS))})",
                     tuple(row[k] for k in c.RUN_FIELDS),
                 )
+            if spec.run_id:
+                self.waiting.leave(spec.run_id)  # the waiting entry is this run now
             return run
         except BaseException:
             self.locks.release(run_id, unlink=True)
@@ -398,7 +414,7 @@ class SQLiteStore(Store):
             sql += f" LIMIT {int(limit)}"
         return [c.row_to_run(r, self.path) for r in self._read(sql, tuple(args))]
 
-    def request_stop(self, run_id: str, epoch: int) -> None:
+    def request_stop(self, run_id: str, epoch: int, grace: float | None = None) -> None:
         with self._tx() as db:
             lease = self._gate(db)
             if not (lease.is_closed(time.time()) and lease.epoch == epoch):
@@ -409,8 +425,8 @@ class SQLiteStore(Store):
             run = self._run(db, run_id)
             if run.state == RUNNING:
                 db.execute(
-                    "UPDATE runs SET state=?, stop_requested_at=? WHERE id=?",
-                    (STOP_REQUESTED, time.time(), run_id),
+                    "UPDATE runs SET state=?, stop_requested_at=?, stop_grace=? WHERE id=?",
+                    (STOP_REQUESTED, time.time(), grace, run_id),
                 )
 
     def is_alive(self, run: Run) -> bool:
@@ -433,6 +449,30 @@ class SQLiteStore(Store):
 
     def wait_runs_change(self, run_ids: Iterable[str], timeout: float) -> None:
         self.locks.wait_any_free(run_ids, timeout)
+
+    def continuations(self, run_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(run_ids)
+        out: dict[str, str] = {}
+        for i in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
+            chunk = ids[i : i + 500]
+            rows = self._read(
+                f"SELECT continues, id FROM runs WHERE continues IN ({','.join('?' * len(chunk))})",
+                tuple(chunk),
+            )
+            out.update((str(r[0]), str(r[1])) for r in rows)
+        return out
+
+    def enter_waiting(self, spec: ClaimSpec, lease: Lease) -> Run:
+        return self.waiting.enter(spec, lease)
+
+    def refresh_waiting(self, run_id: str) -> None:
+        """Nothing to refresh: the entry's lock is held for as long as this process lives."""
+
+    def leave_waiting(self, run_id: str) -> None:
+        self.waiting.leave(run_id)
+
+    def list_waiting(self, host: str | None = None) -> list[Run]:
+        return self.waiting.list(host)
 
     def claim_restart(self, run_id: str, epoch: int) -> bool:
         with self._tx() as db:
@@ -549,6 +589,7 @@ class SQLiteStore(Store):
     def close(self) -> None:
         self.locks.close()
         self.holds.close()
+        self.waiting.close()
         with self._mu:
             self._db.close()
 

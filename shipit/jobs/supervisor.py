@@ -141,7 +141,9 @@ def _plan(opts: RunOptions, store: Store, environ: Mapping[str, str]) -> _Plan:
     env = allowed_env(opts.env_names, environ)
     if opts.continues:
         try:
-            prev = store.get_run(opts.continues)
+            # Decrypted here, before anything is claimed: without the key this is exit 5 and
+            # the stopped run with its saved state stays as it is for the next attempt.
+            prev = store.get_run(opts.continues).opened()
         except KeyError:
             raise UsageError(f"--continues: no run {opts.continues} in the job store") from None
         command = list(opts.command) or list(prev.command)

@@ -40,3 +40,27 @@ def start_job(url: str) -> tuple[subprocess.Popen[str], str]:
     run_id = proc.stdout.readline().strip()
     assert run_id, f"job process failed to claim (exit {proc.poll()})"
     return proc, run_id
+
+
+WAITER_SCRIPT = r"""
+import sys
+from shipit.gate.url import open_store
+from shipit.gate.base import ClaimSpec
+
+store = open_store(sys.argv[1])
+entry = store.enter_waiting(ClaimSpec(job="waiter", host="h1", command=("true",)), store.gate())
+print(entry.id, flush=True)
+sys.stdin.readline()
+"""
+
+
+def start_waiter(url: str) -> tuple[subprocess.Popen[str], str]:
+    """A process with a waiting entry, until it gets a line on stdin or is killed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WAITER_SCRIPT, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    entry_id = proc.stdout.readline().strip()
+    assert entry_id, f"the waiter failed to enter (exit {proc.poll()})"
+    return proc, entry_id

@@ -282,7 +282,7 @@ def _v1_store(factory: StoreFactory, runs: list[Run], claims: list[str]) -> None
             (factory.root / "restarts" / run_id).write_text(json.dumps({"epoch": 0, "ts": now}))
         return
     if factory.kind == "sqlite":
-        from shipit.gate.sqlite import _COLS, _SCHEMA
+        from shipit.gate.sqlite import _SCHEMA
 
         assert factory.root
         factory.root.mkdir()
@@ -290,8 +290,9 @@ def _v1_store(factory: StoreFactory, runs: list[Run], claims: list[str]) -> None
         db.executescript(_SCHEMA + ";INSERT INTO meta VALUES ('schema_version', '1');")
         for run in runs:
             row = c.run_to_row(run)
-            db.execute(f"INSERT INTO runs ({_COLS}) VALUES ({','.join('?' * len(c.RUN_FIELDS))})",
-                       tuple(row[k] for k in c.RUN_FIELDS))
+            db.execute(f"INSERT INTO runs ({', '.join(V1_FIELDS)}) VALUES "
+                       f"({','.join('?' * len(V1_FIELDS))})",
+                       tuple(row[k] for k in V1_FIELDS))
         db.executemany("INSERT INTO restarts VALUES (?, 0, ?)", [(r, now) for r in claims])
         db.commit()
         db.close()
@@ -304,12 +305,16 @@ def _v1_store(factory: StoreFactory, runs: list[Run], claims: list[str]) -> None
         conn.execute(SCHEMA)
         for run in runs:
             row = c.run_to_row(run)
-            conn.execute(f"INSERT INTO shipit_runs ({', '.join(c.RUN_FIELDS)}) VALUES "
-                         f"({', '.join(['%s'] * len(c.RUN_FIELDS))})",
-                         tuple(row[k] for k in c.RUN_FIELDS))
+            conn.execute(f"INSERT INTO shipit_runs ({', '.join(V1_FIELDS)}) VALUES "
+                         f"({', '.join(['%s'] * len(V1_FIELDS))})",
+                         tuple(row[k] for k in V1_FIELDS))
         for run_id in claims:
             conn.execute("INSERT INTO shipit_restarts VALUES (%s, 0, %s, 'old-token')",
                          (run_id, now))
+
+
+# The run columns of a schema-1 store (schema 3 added grace and stop_grace).
+V1_FIELDS = tuple(f for f in c.RUN_FIELDS if f not in ("grace", "stop_grace"))
 
 
 def _schema_version(factory: StoreFactory) -> int:
@@ -342,7 +347,7 @@ def test_a_schema_1_store_is_upgraded_on_first_open(store_factory: StoreFactory)
             _old_run("000003cccc")]
     _v1_store(store_factory, runs, claims=["000001aaaa", "000003cccc"])
     store = store_factory()
-    assert _schema_version(store_factory) == SCHEMA_VERSION == 2
+    assert _schema_version(store_factory) == SCHEMA_VERSION == 3
     # A continuation claimed before the upgrade still counts...
     with pytest.raises(c.AlreadyContinued) as info:
         store.claim(ClaimSpec(job="crunch", host="h1", command=("true",), continues="000001aaaa"))

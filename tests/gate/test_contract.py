@@ -5,25 +5,28 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from shipit.errors import CorruptState, FencingError, GateHeld
-from shipit.gate._common import RunBusy
+from shipit.gate._common import RunBusy, StoreMissing
 from shipit.gate.base import (
+    ACTIVE_STATES,
     CHECKPOINTED,
     FINISHED,
     INTERRUPTED,
     RUNNING,
     SCHEMA_VERSION,
     STOP_REQUESTED,
+    WAITING,
     ClaimSpec,
     Lease,
     Run,
 )
 from shipit.gate.url import open_store
 from tests.gate.conftest import StoreFactory
-from tests.gate.helpers import start_job
+from tests.gate.helpers import start_job, start_waiter
 
 
 def spec(job: str = "report", **kw: object) -> ClaimSpec:
@@ -310,3 +313,94 @@ def test_two_deploys_cannot_both_close(store_factory: StoreFactory) -> None:
         p.join(30)
     assert results == [("held", 0)] * 9 + [("won", 1)]
     assert [a.action for a in store.audit_log()] == ["close"]
+
+
+# -- waiting entries, continuations, stop grace, the job side's missing store ---------------------
+
+
+def test_a_waiting_entry_is_apart_from_the_runs_and_turns_into_the_run(
+    store_factory: StoreFactory,
+) -> None:
+    deploy, job = store_factory(), store_factory()
+    lease = deploy.close_gate(holder="alice", deploy_id="d1", reason="r", ttl=60)
+    waiting = job.enter_waiting(spec(pid=4242, key="k"), lease)
+    assert (waiting.state, waiting.job, waiting.host, waiting.pid) == (WAITING, "report", "h1", 4242)
+    assert waiting.epoch == lease.epoch and waiting.created_at > 0 and waiting.env == {}
+    [shown] = deploy.list_waiting()
+    assert shown.id == waiting.id and shown.state == WAITING and shown.pid == 4242
+    assert deploy.list_waiting(host="h2") == []
+    # Not a run: the drain's list (and the history) never holds it, whatever the states asked.
+    assert deploy.list_runs() == [] and deploy.list_runs(states=[WAITING, *ACTIVE_STATES]) == []
+    with pytest.raises(KeyError):
+        deploy.get_run(waiting.id)
+    # The close's barrier is not held up by it, and it does not take the key.
+    assert deploy.close_gate(holder="alice", deploy_id="d1", reason="r", ttl=60).epoch == lease.epoch
+    deploy.open_gate(lease.epoch, actor="alice")
+    other = claimed(deploy.claim(spec(key="k")))
+    deploy.finish(other.id, FINISHED)
+    run = claimed(job.claim(replace(spec(key="k"), run_id=waiting.id)))
+    assert run.id == waiting.id and run.state == RUNNING
+    assert deploy.list_waiting() == [] and deploy.get_run(waiting.id).state == RUNNING
+
+
+def test_a_waiting_entry_is_gone_once_left_or_once_its_process_died(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    lease = store.close_gate(holder="alice", deploy_id="d1", reason="r", ttl=60)
+    left = store.enter_waiting(spec(), lease)
+    store.leave_waiting(left.id)
+    store.leave_waiting(left.id)  # idempotent
+    assert store.list_waiting() == []
+    proc, entry = start_waiter(store_factory.url)
+    try:
+        assert [w.id for w in store.list_waiting()] == [entry]  # alive while its process is
+        proc.kill()
+        proc.wait(timeout=30)
+        # File/SQLite: its lock went with it. PostgreSQL: its heartbeat goes stale.
+        strict = store_factory(heartbeat_stale=0.5)
+        deadline = time.monotonic() + 30
+        while strict.list_waiting() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert strict.list_waiting() == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_continuations_name_the_run_that_continues(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    first, alone = claimed(store.claim(spec())), claimed(store.claim(spec()))
+    store.finish(first.id, INTERRUPTED)
+    store.finish(alone.id, INTERRUPTED)
+    second = claimed(store.claim(spec(continues=first.id, attempt=2)))
+    assert store.continuations([first.id, alone.id, "nope"]) == {first.id: second.id}
+    assert store.continuations([]) == {}
+
+
+def test_a_stop_request_carries_the_deploys_grace_and_a_run_keeps_its_own(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    own = claimed(store.claim(spec(grace=7.5)))
+    plain = claimed(store.claim(spec()))
+    lease = store.close_gate(holder="alice", deploy_id="d1", reason="r", ttl=60)
+    store.request_stop(own.id, lease.epoch, 2.0)
+    store.request_stop(plain.id, lease.epoch)
+    got, other = store.get_run(own.id), store.get_run(plain.id)
+    assert (got.state, got.grace, got.stop_grace) == (STOP_REQUESTED, 7.5, 2.0)
+    assert (other.state, other.grace, other.stop_grace) == (STOP_REQUESTED, None, None)
+
+
+def test_the_job_side_never_creates_a_store(store_factory: StoreFactory) -> None:
+    with pytest.raises(StoreMissing) as info:
+        store_factory(create=False)
+    assert info.value.exit_code == 5
+    assert str(info.value).startswith("no job store at ") and str(info.value).endswith(
+        ": deploy the stage first (it creates the store) or fix --store/SHIPIT_STORE"
+    )
+    if store_factory.root is not None:
+        assert not store_factory.root.exists()  # nothing left behind either
+    store_factory().close()  # what the deploy's agent does
+    claimed(store_factory(create=False).claim(spec()))

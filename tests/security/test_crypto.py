@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shipit.crypto import ENV_KEY_FILE, ENV_KEYS, PREFIX, StateKeyError, generate_key
-from shipit.gate.base import CHECKPOINTED, ClaimSpec, Run, Store
+from shipit.gate.base import CHECKPOINTED, GIVEN_UP, ClaimSpec, Run, Store
 from tests.gate.conftest import BACKENDS, StoreFactory, make_factory
 
 SECRET = "hunter2-very-secret"
@@ -63,8 +63,10 @@ def test_state_and_env_are_encrypted_at_rest_and_read_back(
     store = factory()
     run = saved_run(store)
     got = factory().get_run(run.id)
-    assert got.checkpoint == {"cursor": 41, "password": SECRET}
-    assert got.env == {"API_TOKEN": SECRET}
+    assert got.sealed  # read back still encrypted: decrypted only when needed
+    opened = got.opened()
+    assert opened.checkpoint == {"cursor": 41, "password": SECRET}
+    assert opened.env == {"API_TOKEN": SECRET}
     data = raw(factory)
     assert SECRET.encode() not in data
     assert b"API_TOKEN" not in data  # names of the env are not given away either
@@ -85,12 +87,12 @@ def test_rows_written_before_a_key_existed_still_read(
     store = factory()
     assert store.get_run(old.id).checkpoint == {"cursor": 41, "password": SECRET}
     new = saved_run(store)
-    assert store.get_run(new.id).env == {"API_TOKEN": SECRET}
+    assert store.get_run(new.id).opened().env == {"API_TOKEN": SECRET}
     assert {r.id for r in store.list_runs()} == {old.id, new.id}
 
 
 @pytest.mark.parametrize("later", ["wrong", "missing"])
-def test_wrong_or_missing_key_is_exit_5_and_the_state_survives(
+def test_wrong_or_missing_key_blocks_only_the_state_and_the_state_survives(
     factory: StoreFactory, keys: list[str], monkeypatch: pytest.MonkeyPatch, later: str
 ) -> None:
     use(monkeypatch, keys[0])
@@ -101,18 +103,28 @@ def test_wrong_or_missing_key_is_exit_5_and_the_state_survives(
     else:
         use(monkeypatch)
     store = factory()
-    for read in (lambda: store.get_run(run.id), lambda: store.list_runs()):
-        with pytest.raises(StateKeyError) as info:
-            read()
-        assert info.value.exit_code == 5
-        msg = str(info.value)
-        assert run.id in msg and "\n" not in msg
-        assert ("not among" in msg) if later == "wrong" else ("no key is configured" in msg)
-        assert keys[0] not in msg and keys[1] not in msg
-    if factory.kind != "sqlite":  # SQLite may checkpoint its WAL: compare what matters below
+    # Listing, reading and acting on runs never needs the key...
+    [listed] = store.list_runs()
+    got = store.get_run(run.id)
+    assert listed.id == got.id == run.id and got.state == CHECKPOINTED and got.sealed
+    assert store.restart_claims([run.id]) == {} and store.claim_restart(run.id, 0)
+    # ...only decrypting the state does: one line naming the run, exit 5, the key never shown.
+    with pytest.raises(StateKeyError) as info:
+        got.opened()
+    assert info.value.exit_code == 5
+    msg = str(info.value)
+    assert run.id in msg and "\n" not in msg
+    assert ("not among" in msg) if later == "wrong" else ("no key is configured" in msg)
+    assert keys[0] not in msg and keys[1] not in msg
+    # A run rewritten without the key (given up by hand, here) keeps its sealed state as it was.
+    store.finish(run.id, GIVEN_UP, message="forgotten")
+    assert store.get_run(run.id).checkpoint == got.checkpoint
+    if factory.kind == "postgres":
         assert raw(factory) == before
     use(monkeypatch, keys[0])
-    assert factory().get_run(run.id).checkpoint == {"cursor": 41, "password": SECRET}
+    back = factory().get_run(run.id)
+    assert back.state == GIVEN_UP
+    assert back.opened().checkpoint == {"cursor": 41, "password": SECRET}
 
 
 def test_rotation_moves_every_run_to_the_newest_key(
@@ -126,13 +138,13 @@ def test_rotation_moves_every_run_to_the_newest_key(
     use(monkeypatch, keys[1])  # the old key is gone: everything must read with the new one
     store = factory()
     for r in (plain, old):
-        got = store.get_run(r.id)
+        got = store.get_run(r.id).opened()
         assert got.checkpoint == {"cursor": 41, "password": SECRET}
         assert got.env == {"API_TOKEN": SECRET}
     assert SECRET.encode() not in raw(factory)
     use(monkeypatch, keys[0])
     with pytest.raises(StateKeyError):
-        factory().get_run(old.id)
+        factory().get_run(old.id).opened()
 
 
 def test_rotation_without_the_old_key_changes_nothing(
@@ -148,7 +160,7 @@ def test_rotation_without_the_old_key_changes_nothing(
     # The plain run was not half-rotated to the new key: it still reads with no key at all.
     assert factory().get_run(plain.id).env == {"API_TOKEN": SECRET}
     use(monkeypatch, keys[0])
-    assert factory().get_run(old.id).env == {"API_TOKEN": SECRET}
+    assert factory().get_run(old.id).opened().env == {"API_TOKEN": SECRET}
 
 
 def test_key_file_must_be_private(
@@ -163,7 +175,7 @@ def test_key_file_must_be_private(
         saved_run(store)
     os.chmod(path, 0o600)
     run = saved_run(store)
-    assert store.get_run(run.id).checkpoint["cursor"] == 41
+    assert store.get_run(run.id).opened().checkpoint["cursor"] == 41
     store.close()
 
 

@@ -16,7 +16,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from shipit.crypto import generate_key
-from shipit.gate.base import CHECKPOINTED
+from shipit.gate.base import CHECKPOINTED, ClaimSpec
 from shipit.gate.postgres import PostgresStore
 from shipit.jobs.drain import drain
 from shipit.jobs.restart import local_spawner, restart
@@ -88,7 +88,7 @@ def test_jobs_and_deploys_work_with_the_least_privilege_role(pg_dsn: str, tmp_pa
         os.environ["SHIPIT_STATE_KEYS"] = generate_key()
         try:
             assert store.reencrypt_state() == 2
-            assert store.get_run(run.id).checkpoint == {"next": 5}
+            assert store.get_run(run.id).opened().checkpoint == {"next": 5}
         finally:
             del os.environ["SHIPIT_STATE_KEYS"]
     finally:
@@ -108,3 +108,27 @@ def test_the_app_role_cannot_change_the_schema_or_erase_history(pg_dsn: str, stm
     _, app_dsn = setup_roles(pg_dsn)
     with psycopg.connect(app_dsn, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute(stmt)
+
+
+def test_waiting_entries_need_no_delete(pg_dsn: str) -> None:
+    """A job waiting at the gate is shown through a waiting entry; the app role, which cannot
+    DELETE, removes one by marking it gone, and the next waiter takes its row over."""
+    _, app_dsn = setup_roles(pg_dsn)
+    store = PostgresStore(app_dsn)
+    try:
+        lease = store.close_gate(holder="ci", deploy_id="d1", reason="deploy", ttl=30)
+        spec = ClaimSpec(job="late", host="h1", command=("true",))
+        for _ in range(3):
+            entry = store.enter_waiting(spec, lease)
+            assert [w.id for w in store.list_waiting()] == [entry.id]
+            store.leave_waiting(entry.id)
+            assert store.list_waiting() == []
+        last = store.enter_waiting(spec, lease)
+        store.open_gate(lease.epoch, actor="ci")
+        run = store.claim(ClaimSpec(job="late", host="h1", command=("true",), run_id=last.id))
+        assert getattr(run, "id", None) == last.id and store.list_waiting() == []
+        with psycopg.connect(app_dsn) as conn:
+            (rows,) = conn.execute("SELECT count(*) FROM shipit_waiting").fetchone()  # type: ignore[misc]
+        assert rows == 1
+    finally:
+        store.close()
