@@ -136,7 +136,9 @@ def _spawner(opts: dict[str, Any]) -> Callable[[Run], dict[str, Any]]:
         # SHIPIT_DSN_ENV names. Never on its command line.
         var = str(opts.get("dsn_env") or "SHIPIT_DSN")
         env = {var: str(opts["dsn"]), "SHIPIT_DSN_ENV": var}
-    return local_spawner(command, str(opts.get("store")), log_dir=_log_dir(opts), env=env)
+    grace = opts.get("grace")  # jobs.grace: the restarted supervisors' default grace
+    return local_spawner(command, str(opts.get("store")), log_dir=_log_dir(opts), env=env,
+                         grace=None if grace is None else float(grace))
 
 
 def _runs_from(store: Store, opts: dict[str, Any], out: Out) -> list[Run]:
@@ -309,14 +311,22 @@ def op_open(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
 
 
 def op_status(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    """The gate and the runs that matter now: waiting at the gate, running, and stopped ones
+    that still await their restart (a stopped run a newer run continues is history: `jobs
+    list` shows it). Never needs the state key."""
     from shipit.jobs.drain import run_info
+    from shipit.jobs.reconcile import stopped_by_deploy
 
     now = time.time()
     lease = store.gate()
-    wanted = (*ACTIVE_STATES, WAITING, *RESTARTABLE_STATES)
-    runs = store.list_runs(states=wanted, limit=int(opts.get("limit", 200)))
+    limit = int(opts.get("limit", 200))
+    active = store.list_runs(states=ACTIVE_STATES)  # all of them, however old
+    stopped = [r for r in store.list_runs(states=RESTARTABLE_STATES, limit=limit)
+               if stopped_by_deploy(r)]
+    continued = store.continuations(r.id for r in stopped) if stopped else {}
+    pending = [r for r in stopped if r.id not in continued]
     shown = []
-    for r in runs:
+    for r in [*store.list_waiting(), *active, *pending][:limit]:
         info = run_info(r, now)
         info["host"] = r.host
         if r.state in ACTIVE_STATES:
@@ -331,25 +341,63 @@ def op_status(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
 
 
 def op_list(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    """Runs newest first; `waiting`: the jobs waiting at the gate now (entries, not runs), which
+    a list of every state includes too."""
     state = opts.get("state")
     if state and state not in ALL_STATES:
         raise UsageError(f"unknown run state {state!r} (use one of {', '.join(ALL_STATES)})")
-    runs = store.list_runs(states=[state] if state else None, limit=int(opts.get("limit", 100)))
-    return {"runs": [public_run(r) for r in runs]}
+    limit = int(opts.get("limit", 100))
+    waiting = store.list_waiting() if state in (None, "", WAITING) else []
+    runs = [] if state == WAITING else store.list_runs(states=[state] if state else None,
+                                                       limit=limit)
+    both = sorted([*waiting, *runs], key=lambda r: r.created_at, reverse=True)[:limit]
+    return {"runs": [public_run(r) for r in both]}
 
 
 def op_show(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    """One run; its saved state only with `state` (that is when it is decrypted)."""
     run_id = str(opts.get("run") or "")
+    with_state = bool(opts.get("state"))
     try:
         run = store.get_run(run_id)
     except KeyError:
-        raise UsageError(f"no run {run_id!r} in this store") from None
-    return {"run": public_run(run, checkpoint=True)}
+        run = next((w for w in store.list_waiting() if w.id == run_id), None)
+        if run is None:
+            raise UsageError(f"no run {run_id!r} in this store") from None
+    return {"run": public_run(run.opened() if with_state else run, checkpoint=with_state)}
+
+
+def op_forget(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    """Give up a stopped run by hand: it is marked given_up (with who and why, audited), so no
+    deploy or reconcile restarts it. Its saved state is left in place, never read: the way out
+    when that state cannot be decrypted any more (a lost key). {"run": None} when unknown."""
+    run_id = str(opts.get("run") or "")
+    actor = str(opts.get("actor") or "shipit")
+    reason = str(opts.get("reason") or "").strip() or "no reason given"
+    try:
+        run = store.get_run(run_id)
+    except KeyError:
+        return {"run": None}
+    if run.state == GIVEN_UP:
+        return {"run": public_run(run), "changed": False}
+    if run.state not in RESTARTABLE_STATES:
+        raise UsageError(
+            f"run {run.id} ({run.job}) is {run.state}: only a stopped run (checkpointed or "
+            "interrupted) can be forgotten"
+        )
+    by = store.continuations([run.id]).get(run.id)
+    if by is not None:
+        raise UsageError(f"run {run.id} ({run.job}) is already continued by run {by}: "
+                         "nothing to forget")
+    done = store.finish(run.id, GIVEN_UP, message=f"forgotten by {actor}: {reason}")
+    store.audit("forget", actor, store.gate().epoch, f"run {run.id} ({run.job}): {reason}")
+    return {"run": public_run(done), "changed": done.state == GIVEN_UP}
 
 
 _OPS: dict[str, Callable[[Store, dict[str, Any], Out], dict[str, Any]]] = {
     "drain": op_drain, "renew": op_renew, "restart": op_restart, "reconcile": op_reconcile,
     "close": op_close, "open": op_open, "status": op_status, "list": op_list, "show": op_show,
+    "forget": op_forget,
 }
 
 
@@ -357,6 +405,7 @@ _OPS: dict[str, Callable[[Store, dict[str, Any], Out], dict[str, Any]]] = {
 _EMPTY: dict[str, dict[str, Any]] = {
     "status": {"gate": {"state": "open", "epoch": 0, "closed": False}, "runs": []},
     "list": {"runs": []},
+    "forget": {"run": None},
 }
 
 

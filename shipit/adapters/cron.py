@@ -79,10 +79,13 @@ def store_arg(url: str) -> str:
 
 def entry_line(stage: StageConfig, entry: CronEntry, host: HostSpec, store_url: str) -> str:
     """One crontab line. It points at `current` (never a release folder), both for the `cd` and
-    for `--cwd`, which the supervisor resolves only after the gate opens."""
+    for `--cwd`, which the supervisor resolves only after the gate opens. jobs.grace goes in as
+    `$SHIPIT_GRACE`, the supervisor's default grace (a deploy's stop request carries its own);
+    not as `--grace`, which would make it the job's own choice, pinned until the next install."""
     current = shell_path(f"{stage.deploy_to.rstrip('/')}/current")
     command = (
-        f"cd {current} && {stage.shipit_command} job run --name {shlex.quote(entry.name)}"
+        f"cd {current} && SHIPIT_GRACE={stage.jobs.grace:g} {stage.shipit_command} job run"
+        f" --name {shlex.quote(entry.name)}"
         f" --store {store_arg(store_url)} --host {shlex.quote(host.name)} --cwd {current}"
         f" -- sh -c {shlex.quote(entry.command)}"
     )

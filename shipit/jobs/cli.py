@@ -84,7 +84,8 @@ def _build_parser() -> _Parser:
     run.add_argument("--host", help="host name recorded with the run (default: $SHIPIT_HOST or hostname)")
     run.add_argument(
         "--grace", type=_seconds, default=None, metavar="S",
-        help="seconds between SIGTERM and SIGKILL on a stop (default $SHIPIT_GRACE or 10)",
+        help="seconds between SIGTERM and SIGKILL on a stop, the job's own: recorded, it wins over"
+             " a deploy's jobs.grace (default: the deploy's, else $SHIPIT_GRACE or 10)",
     )
     run.add_argument(
         "--heartbeat", type=_positive_seconds, default=None, metavar="S",
@@ -162,6 +163,7 @@ def _cmd_run(ns: argparse.Namespace, command: list[str]) -> int:
         max_wait=DEFAULT_MAX_WAIT if ns.max_wait is None else ns.max_wait,
         cwd=ns.cwd,
         grace=_grace(ns.grace),
+        own_grace=ns.grace,
         heartbeat=DEFAULT_HEARTBEAT if ns.heartbeat is None else ns.heartbeat,
         env_names=[n.strip() for item in ns.env for n in item.split(",") if n.strip()],
         continues=ns.continues,

@@ -117,6 +117,9 @@ def run_info(run: Run, now: float | None = None) -> dict[str, Any]:
     if run.progress_total:
         progress = [run.progress_done or 0.0, run.progress_total]
     started = run.started_at or run.created_at
+    # A run that ended ran from its start to its end: its elapsed time stops growing then.
+    if run.finished_at is not None and run.state not in ACTIVE_STATES:
+        now = run.finished_at
     return {
         "run_id": run.id,
         "job": run.job,
@@ -230,10 +233,12 @@ class _Drainer:
                 self.store.wait_runs_change(list(self.active), min(left, MAX_SLICE))
             self.refresh()
 
-    def request_stops(self) -> None:
+    def request_stops(self, grace: float) -> None:
         for run in list(self.active.values()):
             try:
-                self.store.request_stop(run.id, self.lease.epoch)
+                # The request carries the grace: the supervisor applies it, whatever it was
+                # started with (unless the run has its own, see stop_wait).
+                self.store.request_stop(run.id, self.lease.epoch, grace)
             except KeyError:
                 continue
             self.stop_requested.add(run.id)
@@ -248,6 +253,11 @@ class _Drainer:
         except FencingError:
             # The lease was already lost to someone else; it is theirs to reopen.
             pass
+
+    def stop_wait(self, grace: float) -> float:
+        """The grace to wait out: the deploy's, or longer for a run with its own `--grace`."""
+        own = [r.grace for r in self.active.values() if r.grace is not None]
+        return max([grace, *own])
 
     def still_running(self) -> str:
         return ", ".join(f"{r.job} ({r.id}, pid {r.pid})" for r in self.active.values())
@@ -327,15 +337,16 @@ def _drain(d: _Drainer, *, timeout: float, policy: str, grace: float, max_wait: 
             f"jobs still running after drain_timeout {timeout:g}s (drain_policy abort): {names}",
             d.lease, d.recorded,
         )
-    d.request_stops()
+    d.request_stops(grace)
     # A central store judges death by heartbeat age: a supervisor that died silently only looks
     # dead once its heartbeat is stale, so give the wait that long too.
     stale = float(getattr(d.store, "heartbeat_stale", 0.0)) if d.store.central else 0.0
-    d.wait_until(time.monotonic() + grace + max(stop_margin, stale))
+    wait = d.stop_wait(grace)
+    d.wait_until(time.monotonic() + wait + max(stop_margin, stale))
     if d.active:
         # Their death is not confirmed, so they are not recorded; the deploy must not switch under
         # them. They keep their stop request: a later drain finds them again.
         names = d.still_running()
         d.reopen()
-        raise DrainAborted(f"jobs did not stop within grace {grace:g}s: {names}", d.lease, d.recorded)
+        raise DrainAborted(f"jobs did not stop within grace {wait:g}s: {names}", d.lease, d.recorded)
     return DrainResult(d.lease, d.recorded)

@@ -5,8 +5,10 @@ Shared by the `shipit job run` supervisor and the standalone Python API.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from shipit.errors import GateWaitTimeout
 from shipit.gate.base import ClaimSpec, Lease, Run, Store
@@ -50,27 +52,47 @@ def claim_when_open(
     `on_closed` is called once per closing (per epoch), not on every wake-up, so a waiting job
     says why it waits exactly once. `keepalive` is called before every wait (at least every
     couple of seconds), for a heartbeat that must stay fresh meanwhile. Raises GateWaitTimeout
-    (exit 75) when the wait runs out; nothing is recorded in the store in that case.
+    (exit 75) when the wait runs out; no run is recorded in the store in that case.
+
+    While it waits, the job is visible through a waiting entry (`store.enter_waiting`), which
+    is not a run: the claim that lets the job in takes over the entry's id and removes it in the
+    same step; giving up (or any error) removes it; a process that dies leaves an entry that
+    reads as dead (its lock is free, its heartbeat goes stale). Best effort: the entry is only
+    there to be seen, so a store that cannot write it never keeps the job from its claim.
     """
     deadline = time.monotonic() + max_wait
     announced: int | None = None
-    while True:
-        result = store.claim(spec)
-        if isinstance(result, Run):
-            return result
-        lease = result
-        if on_closed is not None and lease.epoch != announced:
-            announced = lease.epoch
-            on_closed(lease)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise GateWaitTimeout(
-                f"job {spec.job} gave up after waiting {max_wait:g}s at the closed gate"
-                f" ({describe_lease(lease)})"
-            )
-        if not store.gate().is_closed(time.time()):
-            continue  # reopened (or expired) while we were announcing: claim again at once
-        if keepalive is not None:
-            keepalive()
-        until_expiry = lease.expires_at - time.time() + _EXPIRY_MARGIN
-        store.wait_gate_change(max(_MIN_SLICE, min(remaining, until_expiry, _MAX_SLICE)))
+    waiting: Run | None = None
+    claimed = False
+    try:
+        while True:
+            result = store.claim(replace(spec, run_id=waiting.id) if waiting else spec)
+            if isinstance(result, Run):
+                claimed = True
+                return result
+            lease = result
+            if on_closed is not None and lease.epoch != announced:
+                announced = lease.epoch
+                on_closed(lease)
+            if waiting is None:
+                with contextlib.suppress(Exception):
+                    waiting = store.enter_waiting(spec, lease)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise GateWaitTimeout(
+                    f"job {spec.job} gave up after waiting {max_wait:g}s at the closed gate"
+                    f" ({describe_lease(lease)})"
+                )
+            if not store.gate().is_closed(time.time()):
+                continue  # reopened (or expired) while we were announcing: claim again at once
+            if keepalive is not None:
+                keepalive()
+            if waiting is not None:
+                with contextlib.suppress(Exception):
+                    store.refresh_waiting(waiting.id)
+            until_expiry = lease.expires_at - time.time() + _EXPIRY_MARGIN
+            store.wait_gate_change(max(_MIN_SLICE, min(remaining, until_expiry, _MAX_SLICE)))
+    finally:
+        if waiting is not None and not claimed:
+            with contextlib.suppress(Exception):
+                store.leave_waiting(waiting.id)

@@ -54,17 +54,21 @@ def _scan(store: Store, host: str | None, grace: float) -> tuple[list[Run], floa
     """The leftovers, and how long until the youngest unheld claim is old enough to judge."""
     runs = store.list_runs(host=host, limit=SCAN_LIMIT)
     continued = {r.continues for r in runs if r.continues}
-    stopped = [
-        r for r in runs
-        if r.state in RESTARTABLE_STATES
-        and r.id not in continued
-        and (r.stop_requested_at is not None or r.message == DEAD_MESSAGE)
-    ]
+    stopped = [r for r in runs if stopped_by_deploy(r) and r.id not in continued]
     claims = store.restart_claims(r.id for r in stopped) if stopped else {}
     found = [r for r in stopped if _restartable(claims.get(r.id), grace)]
     found.reverse()
     young = [grace - cl.age for cl in claims.values() if not cl.held and cl.age < grace]
     return found, max(young, default=0.0)
+
+
+def stopped_by_deploy(run: Run) -> bool:
+    """Stopped (checkpointed/interrupted) by a deploy, or found dead by one: a run a deploy owes
+    a restart until a run continues it. A run stopped otherwise (its key claimed again after its
+    process vanished, a job's own SIGTERM) is nobody's to restart."""
+    return run.state in RESTARTABLE_STATES and (
+        run.stop_requested_at is not None or run.message == DEAD_MESSAGE
+    )
 
 
 def _restartable(claim: RestartClaim | None, grace: float) -> bool:

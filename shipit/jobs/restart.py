@@ -194,13 +194,22 @@ def local_spawner(
     log_dir: str,
     host: str | None = None,
     env: Mapping[str, str] | None = None,
+    grace: float | None = None,
 ) -> Spawn:
     """Spawn `<shipit> job run --continues RUN --store URL --host HOST` detached on this machine:
     own session (a dying agent or SSH channel does not take it down), stdin /dev/null, output
     appended to `<log_dir>/<old run id>.next.log`. `host` (default: the
     run's own) is the name the new run is recorded under. The supervisor resolves the run's cwd (typically
-    .../current) itself once the gate is open, so the job runs the new release."""
+    .../current) itself once the gate is open, so the job runs the new release.
+
+    `grace` (jobs.grace) reaches the supervisor as `$SHIPIT_GRACE`, its default grace: not as
+    `--grace`, which would record it as the job's own choice and pin it past a change of
+    jobs.grace. A deploy's stop request carries the grace of its time anyway; a run's own
+    `--grace` is inherited by its continuation."""
     argv = shlex.split(shipit_command) if isinstance(shipit_command, str) else list(shipit_command)
+    extra = {**(env or {})}
+    if grace is not None:
+        extra["SHIPIT_GRACE"] = f"{grace:g}"
 
     def spawn(run: Run) -> dict[str, Any]:
         import subprocess  # not at the top: most agent calls start nothing
@@ -214,7 +223,7 @@ def local_spawner(
                 [*argv, "job", "run", "--continues", run.id, "--store", store_url,
                  "--host", host or run.host],
                 cwd=cwd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                start_new_session=True, close_fds=True, env={**os.environ, **(env or {})},
+                start_new_session=True, close_fds=True, env={**os.environ, **extra},
             )
         finally:
             os.close(fd)

@@ -62,13 +62,18 @@ class RunOptions:
     key: str | None = None
     max_wait: float = DEFAULT_MAX_WAIT
     cwd: str | None = None
+    # Seconds between TERM and KILL when nothing better is known: a deploy's stop request carries
+    # its own (jobs.grace), which wins; `$SHIPIT_GRACE` or DEFAULT_GRACE otherwise.
     grace: float = DEFAULT_GRACE
+    # An explicit `--grace`: the job's own choice, recorded on the run (so the drain waits for
+    # it) and used on every stop, a deploy's included. A continuation inherits the run's.
+    own_grace: float | None = None
     heartbeat: float = DEFAULT_HEARTBEAT
     env_names: list[str] = field(default_factory=list)
     continues: str | None = None
 
 
-def _open_per_host_store(url: str) -> Store | None:
+def _open_per_host_store(url: str, create: bool) -> Store | None:
     """file:/sqlite: stores opened without importing shipit.gate.url.
 
     WORKAROUND: shipit.gate.url imports shipit.config.model (pydantic, ~140 ms) at module level,
@@ -160,6 +165,7 @@ def _plan(opts: RunOptions, store: Store, environ: Mapping[str, str]) -> _Plan:
             continues=prev.id,
             attempt=prev.attempt + 1,
             restarts=prev.restarts + 1,
+            grace=opts.own_grace if opts.own_grace is not None else prev.grace,
         )
         return _Plan(spec, prev.checkpoint, prev.checkpoint is not None)
     if not opts.command:
@@ -173,6 +179,7 @@ def _plan(opts: RunOptions, store: Store, environ: Mapping[str, str]) -> _Plan:
         env=env,
         key=opts.key,
         pid=os.getpid(),
+        grace=opts.own_grace,
     )
     return _Plan(spec)
 
@@ -420,9 +427,24 @@ class Supervisor:
                 self.say(f"warning: heartbeat to the job store failed, will retry: {exc}")
             return False
 
+    def _grace(self, run: Run, store: Store | None = None) -> float:
+        """Seconds from TERM to KILL: the run's own grace, else (for a deploy's stop request,
+        `store` given) the grace the request carries, else --grace's default."""
+        if run.grace is not None:
+            return run.grace
+        if store is not None:
+            try:
+                carried = store.get_run(run.id).stop_grace
+            except Exception:  # noqa: BLE001 - the store just answered; fall back if not now
+                carried = None
+            if carried is not None:
+                return carried
+        return self.opts.grace
+
     def _supervise(
         self, store: Store, run: Run, pid: int, wake_r: int, base_checkpoint_at: float | None
     ) -> int:
+        grace = self._grace(run)
         poller = select.poll()
         poller.register(wake_r, select.POLLIN)
         interval = max(self.opts.heartbeat, 0.01)
@@ -442,13 +464,14 @@ class Supervisor:
                 next_beat = now + interval
                 if self._heartbeat(store, run.id) and not stop_requested:
                     stop_requested = True
+                    grace = self._grace(run, store)
                     self.say(f"job {run.job}: stop requested, sent SIGTERM"
-                             f" (SIGKILL in {self.opts.grace:g}s)")
+                             f" (SIGKILL in {grace:g}s)")
                     _killpg(pid, signal.SIGTERM)
-                    kill_at = now + self.opts.grace
+                    kill_at = now + grace
             if kill_at is not None and now >= kill_at and not killed:
                 killed = True
-                self.say(f"job {run.job}: still running {self.opts.grace:g}s after SIGTERM,"
+                self.say(f"job {run.job}: still running {grace:g}s after SIGTERM,"
                          " sent SIGKILL")
                 _killpg(pid, signal.SIGKILL)
             deadline = next_beat if kill_at is None or killed else min(next_beat, kill_at)
@@ -459,7 +482,7 @@ class Supervisor:
                 elif signum in _FORWARDED:
                     _killpg(pid, signum)
                     if signum in _STOPPING and kill_at is None:
-                        kill_at = time.monotonic() + self.opts.grace
+                        kill_at = time.monotonic() + grace
         signal.set_wakeup_fd(-1)
         code = _exit_code(status)
         if stop_requested or killed:
@@ -468,7 +491,7 @@ class Supervisor:
         if stop_requested:
             state, message = self._stopped_state(store, run.id, base_checkpoint_at)
             if killed:
-                message = f"killed after {self.opts.grace:g}s grace; {message}"
+                message = f"killed after {grace:g}s grace; {message}"
         self._finish(store, run.id, state, code, message)
         return code
 

@@ -67,6 +67,7 @@ def agent_opts(ctx: DeployContext, host: Host) -> dict[str, Any]:
         "shipit_command": ctx.stage.shipit_command,
         "definitions": {k: v.model_dump() for k, v in jobs.definitions.items()},
         "max_restarts": jobs.max_restarts,
+        "grace": jobs.grace,  # restarted supervisors get it as their default grace
     }
     if is_central(ctx):
         opts["dsn"] = central_dsn(ctx)

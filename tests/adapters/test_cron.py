@@ -29,7 +29,8 @@ def test_entry_line_runs_through_job_run_from_current_and_escapes_percent(projec
     url = f"sqlite:{stage.deploy_to}/shared/shipit/jobs.db"
     current = f"{stage.deploy_to}/current"
     assert entry_line(stage, stage.cron[1], host, url) == (
-        f"@hourly cd {current} && {SHIPIT_COMMAND} job run --name stamp --store {url} --host web1"
+        f"@hourly cd {current} && SHIPIT_GRACE={stage.jobs.grace:g} {SHIPIT_COMMAND} job run"
+        f" --name stamp --store {url} --host web1"
         f" --cwd {current} -- sh -c 'date +\\%s > stamp'"
     )
 
@@ -184,5 +185,8 @@ def test_the_worked_example_puts_invoices_on_the_worker_only():
              for h in (web, worker)]
     assert names == [["report"], ["report", "invoices"]]
     invoices = block_lines(stage, worker, "sqlite:/x")[3]
-    assert invoices.startswith("0 2 * * * cd /srv/shop/current && /srv/shop/venv/bin/shipit job run")
+    assert invoices.startswith(
+        f"0 2 * * * cd /srv/shop/current && SHIPIT_GRACE={stage.jobs.grace:g}"
+        " /srv/shop/venv/bin/shipit job run"
+    )
     assert "+\\%Y-\\%m" in invoices

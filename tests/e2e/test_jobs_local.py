@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import yaml
 
 from shipit.gate.base import CHECKPOINTED, FINISHED
 from tests.jobs.deploy_kit import (
+    SHIPIT,
     Project,
     continuation,
     items,
@@ -249,3 +252,65 @@ def test_two_deploys_at_once_one_proceeds_the_other_exits_3_naming_the_holder(pr
     finally:
         store.close()
         kill_group(job)
+
+
+def test_a_deploy_with_grace_1_kills_a_job_ignoring_term_after_1s_and_succeeds(tmp_path):
+    """jobs.grace reaches a supervisor started by hand without --grace (its own default would
+    be 10 s, and the drain waits grace + 5 s): the stop request carries it."""
+    project = Project(tmp_path, grace=1, drain_timeout=0.5)
+    project.shipit("deploy", "s", check=True)
+    log = tmp_path / "stubborn.log"
+    env = {k: v for k, v in os.environ.items() if k != "SHIPIT_GRACE"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*SHIPIT, "job", "run", "--store", project.url, "--host", "local", "--name", "stubborn",
+             "--", "sh", "-c", 'trap "" TERM; while :; do sleep 0.05; done'],
+            stdout=out, stderr=out, start_new_session=True, env=env,
+        )
+    store = project.store()
+    try:
+        run = wait_for(lambda: next((r for r in store.list_runs() if r.job == "stubborn"), None),
+                       what="the job")
+        res = project.shipit("deploy", "s")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert proc.wait(timeout=30) == 137
+        said = log.read_text()
+        assert "stop requested, sent SIGTERM (SIGKILL in 1s)" in said
+        assert "still running 1s after SIGTERM, sent SIGKILL" in said
+        stopped = store.get_run(run.id)
+        assert stopped.state == "interrupted" and stopped.stop_grace == 1
+        assert continuation(store, run.id) is not None  # and restarted like any stopped job
+    finally:
+        store.close()
+        if proc.poll() is None:
+            kill_group(proc)
+        kill_jobs(project)
+
+
+def test_a_job_waiting_at_a_paused_gate_is_shown_until_resume_lets_it_run(project):
+    project.shipit("jobs", "pause", "s", "-m", "db migration", check=True)
+    marker = project.root / "ran"
+    late = start_job(project.url, "late", ["touch", str(marker)], host="local")
+    store = project.store()
+    try:
+        entry = wait_for(lambda: next(iter(store.list_waiting()), None), what="the waiting job")
+        status = project.shipit("status", "s")
+        assert status.returncode == 0, status.stderr
+        line = next(x for x in status.stdout.splitlines() if entry.id in x)
+        assert "late" in line and "waiting" in line and "host=local" in line
+        assert f"pid={late.pid}" in line
+        listed = project.shipit("jobs", "list", "s", "--state", "waiting", "--json")
+        assert listed.returncode == 0, listed.stderr
+        [shown] = json.loads(listed.stdout)
+        assert (shown["id"], shown["job"], shown["state"]) == (entry.id, "late", "waiting")
+        assert store.list_runs() == [] and not marker.exists()
+        project.shipit("jobs", "resume", "s", check=True)
+        assert late.wait(timeout=30) == 0 and marker.exists()
+        assert [(r.id, r.state) for r in store.list_runs()] == [(entry.id, FINISHED)]
+        again = project.shipit("jobs", "list", "s", "--state", "waiting", "--json")
+        assert json.loads(again.stdout) == []
+        assert "waiting" not in project.shipit("status", "s").stdout
+    finally:
+        store.close()
+        if late.poll() is None:
+            kill_group(late)
