@@ -48,6 +48,13 @@ def _run(argv: list[str], env: dict[str, str]) -> Callable[[], object]:
     return go
 
 
+def _create_store(env: dict[str, str]) -> None:
+    """What a first deploy does (`shipit job run` never creates a store), with the shipit that
+    the env's PYTHONPATH names: stores of two trees may differ in schema."""
+    code = "import os; from shipit.gate.url import open_store; open_store(os.environ['SHIPIT_STORE']).close()"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
 def _console_script() -> str | None:
     # The real script next to the interpreter, not a version manager's shim in front of it.
     candidate = Path(sys.executable).with_name("shipit")
@@ -74,8 +81,10 @@ def startup(runs: int, stores: dict[str, tuple[str, dict[str, str]]]) -> dict[st
                 (f"[{kind}] {label} job run -- true", _run([*head, "job", "run", "--", true], env))
             )
     samples: dict[str, list[float]] = {name: [] for name, _ in variants}
+    for _kind, (url, extra) in stores.items():
+        _create_store({**base_env, **extra, "SHIPIT_STORE": url})
     for _, fn in variants:
-        fn()  # warm the page cache and create the stores
+        fn()  # warm the page cache
     for _ in range(runs):
         for name, fn in variants:
             t0 = time.perf_counter()

@@ -92,22 +92,26 @@ def _open_per_host_store(url: str, create: bool) -> Store | None:
             if scheme == "sqlite:":
                 from shipit.gate.sqlite import SQLiteStore
 
-                return SQLiteStore(path)
+                return SQLiteStore(path, create=create)
             from shipit.gate.file import FileStore
 
-            return FileStore(path)
+            return FileStore(path, create=create)
     return None
 
 
-def open_store_or_fail(url: str) -> Store:
-    """Open the store; anything short of a working store is StoreUnavailable (fail closed)."""
+def open_store_or_fail(url: str, *, create: bool = False) -> Store:
+    """Open the store; anything short of a working store is StoreUnavailable (fail closed).
+
+    The job side never creates a store (`create=False`): one that does not exist yet is
+    StoreMissing (exit 5), since a job let through a store nobody else uses would bypass the
+    gate every deploy closes. The deploy's agent creates it."""
     try:
-        store = _open_per_host_store(url.strip())
+        store = _open_per_host_store(url.strip(), create)
         if store is not None:
             return store
         from shipit.gate.url import open_store
 
-        return open_store(url)
+        return open_store(url, create=create)
     except ShipitError:
         raise
     except (OSError, ValueError) as exc:

@@ -158,6 +158,7 @@ def test_real_job_run_passes_hostile_words_verbatim(
         out = root / "out.json"
         env = {**os.environ, "FUZZ_V": value, "FUZZ_OUT": str(out)}
         env.pop("SHIPIT_STORE", None)
+        FileStore(str(root / "store")).close()  # as a first deploy leaves it: job run creates none
         proc = subprocess.run(
             [sys.executable, "-m", "shipit", "job", "run", "--store", f"file:{root / 'store'}",
              f"--name={name}", f"--key={key}", "--env", "FUZZ_V", f"--cwd={work}", "--host", "h",

@@ -1,6 +1,7 @@
 """Fixtures for the job-runtime tests (supervisor and Python API): a real store per backend.
 
-`job_store` is parametrised over sqlite, file and postgres. PostgreSQL comes from the `pg_dsn`
+`job_store` is parametrised over sqlite, file and postgres, created as a deploy would create it
+(`shipit job run` refuses a store that does not exist). PostgreSQL comes from the `pg_dsn`
 fixture of tests/harness/postgres.py; a backend whose code or server is missing is skipped with
 its reason, except under CI=true, where that is a failure.
 """
@@ -33,13 +34,17 @@ def job_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobSto
     except ImportError as exc:
         _unavailable(f"{kind} store not available: {exc}")
     if kind == "sqlite":
-        yield JobStore(kind, f"sqlite:{tmp_path}/store/jobs.db", {})
+        store = JobStore(kind, f"sqlite:{tmp_path}/store/jobs.db", {})
     elif kind == "file":
-        yield JobStore(kind, f"file:{tmp_path}/store", {})
+        store = JobStore(kind, f"file:{tmp_path}/store", {})
     else:
         try:
             dsn = request.getfixturevalue("pg_dsn")
         except pytest.FixtureLookupError:
             _unavailable("the pg_dsn fixture (tests/harness/postgres.py) is not there yet")
         # The DSN reaches jobs through the environment, never on a command line.
-        yield JobStore(kind, "postgres", {"SHIPIT_DSN": dsn})
+        store = JobStore(kind, "postgres", {"SHIPIT_DSN": dsn})
+    # What a first deploy does: the job side never creates a store (a typo'd --store would
+    # otherwise run jobs through a fresh, open gate).
+    store.open().close()
+    yield store

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from shipit.gate.base import CHECKPOINTED, FAILED, FINISHED, INTERRUPTED, RUNNING
+from shipit.gate.url import open_store
 from tests.jobs.runtime_kit import (
     EXAMPLES,
     SHIPIT,
@@ -304,17 +305,17 @@ def test_usage_mistakes_are_one_line_exit_2(argv: list[str], needle: str) -> Non
 
 def test_command_not_found_is_127_and_recorded_failed(tmp_path: Path) -> None:
     url = f"sqlite:{tmp_path}/s/jobs.db"
+    open_store(url).close()  # as the first deploy leaves it
     proc = subprocess.run([*SHIPIT, "job", "run", "--store", url, "--", "no-such-cmd-xyz"],
                           capture_output=True, text=True, timeout=30, env=job_env({}))
     assert proc.returncode == 127
     assert "no-such-cmd-xyz" in proc.stderr and proc.stderr.count("\n") == 1
-    from shipit.gate.url import open_store
-
     with open_store(url) as store:
         assert only_run(store).state == FAILED
 
 
 def test_job_fast_path_imports_nothing_heavy(tmp_path: Path) -> None:
+    open_store(f"sqlite:{tmp_path}/s/jobs.db").close()
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "shipit", "job", "run",
          "--store", f"sqlite:{tmp_path}/s/jobs.db", "--", "true"],

@@ -160,6 +160,8 @@ def test_a_postgres_store_with_a_newer_schema_is_refused_without_leaking_the_dsn
 ) -> None:
     import psycopg
 
+    from shipit.gate.url import open_store
+
     env = {"SHIPIT_DSN": pg_dsn}
     base = {k: v for k, v in os.environ.items() if not k.startswith("SHIPIT_")}
     marker = tmp_path / "job ran"
@@ -171,7 +173,8 @@ def test_a_postgres_store_with_a_newer_schema_is_refused_without_leaking_the_dsn
             capture_output=True, text=True, env={**base, **env}, timeout=60, check=False,
         )
 
-    assert job().returncode == 0 and marker.exists()  # creates the schema
+    open_store(pg_dsn).close()  # what the deploy does first: it creates the schema
+    assert job().returncode == 0 and marker.exists()
     marker.unlink()
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("UPDATE shipit_schema SET version = 99")

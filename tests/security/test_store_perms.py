@@ -35,8 +35,8 @@ def test_store_files_and_folders_are_private(kind: str, tmp_path: Path) -> None:
     old = os.umask(0o002)  # a permissive umask must not leak into the store
     log = tmp_path / "job.log"
     try:
+        store = open_store(url)  # as a deploy creates it (a job never does)
         proc = start_job(url, "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], log=log)
-        store = open_store(url)
         try:
             run = running_run(store, "sleeper")
             assert (root / "runs" / f"{run.id}.lock").exists()  # the run lock is among the files checked
