@@ -124,7 +124,8 @@ def _echo_event(event: Any) -> None:
                       "job.restart_failed", "gate.reopened"):
         where = f"[{event.host}] " if event.host else ""
         job = event.data.get("job") or (event.data.get("run") or {}).get("job") or ""
-        click.echo(f"{where}{event.kind} {job}".rstrip(), err=True)
+        why = f": {event.message}" if event.kind == "job.restart_failed" and event.message else ""
+        click.echo(f"{where}{event.kind} {job}".rstrip() + why, err=True)
 
 
 def _with_stage(name: str, fn: Callable[[Stage], Any]) -> Any:
@@ -266,7 +267,7 @@ def _check_ttl(ttl: float) -> None:
 
 @click.group("jobs")
 def jobs() -> None:
-    """Jobs on a stage's hosts: pause/resume, list, show, reconcile."""
+    """Jobs on a stage's hosts: pause/resume, list, show, forget, reconcile."""
 
 
 @jobs.command("pause")
@@ -339,7 +340,8 @@ def jobs_show(stage: str, run: str, with_state: bool, as_json: bool) -> None:
     def go(st: Stage) -> None:
         for target in st.targets():
             try:
-                found = st.call(target, "show", {"run": run})["run"]
+                # The state is decrypted (and needs the key) only when asked for.
+                found = st.call(target, "show", {"run": run, "state": with_state})["run"]
             except UsageError:
                 continue
             if not with_state and found.get("checkpoint") is not None:
@@ -349,6 +351,34 @@ def jobs_show(stage: str, run: str, with_state: bool, as_json: bool) -> None:
             else:
                 for key, value in found.items():
                     click.echo(f"{key:18} {show_value(key, value)}")
+            return
+        raise UsageError(f"no run {run!r} on stage {stage}")
+
+    _with_stage(stage, go)
+
+
+@jobs.command("forget")
+@STAGE
+@click.argument("run", metavar="RUN")
+@click.option("-m", "--message", "reason", required=True,
+              help="Why (recorded with the run and in the audit trail).")
+def jobs_forget(stage: str, run: str, reason: str) -> None:
+    """Give up a stopped run for good: no deploy or reconcile restarts it. Its saved state stays
+    in the store, unread: the way out when that state cannot be decrypted (a lost key)."""
+
+    def go(st: Stage) -> None:
+        for target in st.targets():
+            res = st.call(target, "forget", {"run": run, "reason": reason, "actor": st.ctx.actor,
+                                             "readonly": True})
+            found = res.get("run")
+            if not found:
+                continue
+            where = "" if target == "*" else f"{target}: "
+            if res.get("changed"):
+                click.echo(f"{where}run {found['id']} ({found['job']}) given up: it will not be "
+                           "restarted; its saved state stays in the store, unread")
+            else:
+                click.echo(f"{where}run {found['id']} ({found['job']}) was given up already")
             return
         raise UsageError(f"no run {run!r} on stage {stage}")
 

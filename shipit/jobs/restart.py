@@ -131,6 +131,8 @@ def _restart_one(
     base = {"run_id": run.id, "job": run.job}
     defn = definition(definitions, run.job)
     respawned = False
+    if run.state == GIVEN_UP:
+        return {**base, "outcome": "given_up"}  # given up meanwhile (`shipit jobs forget`)
     if not store.claim_restart(run.id, epoch):
         if not _retake(store, run, defn, epoch=epoch, grace=spawn_grace, emit=emit, where=where):
             return {**base, "outcome": "already"}
@@ -142,6 +144,7 @@ def _restart_one(
         emit("job.given_up", host=where, run=run_info(run), max_restarts=limit)
         return {**base, "outcome": "given_up"}
     try:
+        check_state_readable(run)
         command = defn.get("restart_command")
         facts = run_restart_command(command, run) if command else spawn(run)
     except Exception as exc:  # noqa: BLE001 - one job's failure is reported, the rest go on
@@ -151,6 +154,28 @@ def _restart_one(
     emit("job.restarted", host=where, job=run.job, run_id=run.id, attempt=run.attempt + 1,
          **extra, **facts)
     return {**base, "outcome": "restarted", **extra, **facts}
+
+
+class StateUnreadable(Exception):
+    """A stopped run's saved state (checkpoint, recorded env) cannot be decrypted here."""
+
+
+def check_state_readable(run: Run) -> None:
+    """Before a restart is started: the new run must be handed the old run's state, so it must
+    decrypt with this host's keys (the supervisor spawned here has the same ones). Otherwise the
+    restart is reported failed, with what to do, and the run keeps its state: nothing is lost,
+    and once the key is there a reconcile starts it (its claim is held by nobody)."""
+    from shipit.errors import CorruptState
+
+    try:
+        run.opened()
+    except CorruptState as exc:
+        raise StateUnreadable(
+            f"run {run.id} ({run.job}) not restarted, its saved state cannot be decrypted: {exc}. "
+            "The state is kept: give this host the key (SHIPIT_STATE_KEYS or jobs.key_file) and "
+            "run `shipit jobs reconcile STAGE`, or, if the key is lost, give the run up with "
+            f"`shipit jobs forget STAGE {run.id}` and start the job afresh"
+        ) from None
 
 
 def _retake(

@@ -98,10 +98,10 @@ def test_deploy_with_a_key_resumes_the_job_and_keeps_state_and_env_encrypted(tmp
         res = project.shipit("deploy", "s")
         assert res.returncode == 0, res.stderr
         old = next(r for r in store.list_runs() if r.job == "crunch" and r.attempt == 1)
-        assert old.state == CHECKPOINTED and old.env == {"API_TOKEN": SECRET}
+        assert old.state == CHECKPOINTED and old.opened().env == {"API_TOKEN": SECRET}
         new = wait_for(lambda: continuation(store, old.id), what="the restarted run")
         wait_for(lambda: sum(1 for _, a, _ in items(out) if a == 2) >= 3, what="the restart to work")
-        assert new.env == {"API_TOKEN": SECRET}
+        assert new.opened().env == {"API_TOKEN": SECRET}
         rows = items(out)
         assert [n for n, _, _ in rows] == list(range(1, len(rows) + 1))  # resumed from the checkpoint
         db = b"".join(p.read_bytes() for p in (project.deploy_to / "shared" / "shipit").glob("jobs.db*"))
@@ -139,7 +139,7 @@ def test_rotate_a_per_host_store_with_the_stage_key_file(tmp_path: Path) -> None
     os.environ[ENV_KEY_FILE] = str(key_file)
     try:
         store = open_store(project.url)
-        assert store.get_run(run.id).checkpoint == {"next": 7, "token": SECRET}
+        assert store.get_run(run.id).opened().checkpoint == {"next": 7, "token": SECRET}
         store.close()
     finally:
         del os.environ[ENV_KEY_FILE]
@@ -156,7 +156,82 @@ def test_rotate_the_central_store(tmp_path: Path, pg_dsn: str) -> None:
     os.environ[ENV_KEYS] = new
     try:
         store = open_store(pg_dsn)
-        assert store.get_run(run.id).env == {"API_TOKEN": SECRET}
+        assert store.get_run(run.id).opened().env == {"API_TOKEN": SECRET}
         store.close()
     finally:
         del os.environ[ENV_KEYS]
+
+
+def _stopped_by_a_deploy(url: str, key: str) -> Run:
+    """A run a deploy stopped, with its checkpoint encrypted under `key`: it awaits its restart."""
+    os.environ[ENV_KEYS] = key
+    try:
+        store = open_store(url)
+        run = store.claim(ClaimSpec(job="etl", host="local", command=("true",),
+                                    env={"API_TOKEN": SECRET}))
+        assert isinstance(run, Run)
+        lease = store.close_gate(holder="ci", deploy_id="old", reason="r", ttl=60)
+        store.request_stop(run.id, lease.epoch, 5.0)
+        store.save_checkpoint(run.id, {"next": 7, "token": SECRET})
+        store.finish(run.id, CHECKPOINTED)
+        store.open_gate(lease.epoch, actor="ci")
+        store.close()
+        return run
+    finally:
+        del os.environ[ENV_KEYS]
+
+
+@pytest.mark.e2e
+def test_a_lost_key_blocks_no_listing_or_deploy_and_forget_is_the_way_out(tmp_path: Path) -> None:
+    key = generate_key()
+    project = Project(tmp_path)  # nothing here has the key any more
+    project.shipit("deploy", "s", check=True)
+    os.environ[ENV_KEYS] = key
+    try:  # history: a finished run with an encrypted checkpoint
+        with open_store(project.url) as store:
+            done = store.claim(ClaimSpec(job="etl", host="local", command=("true",)))
+            assert isinstance(done, Run)
+            store.save_checkpoint(done.id, {"next": 1, "token": SECRET})
+            store.finish(done.id, "finished", 0)
+    finally:
+        del os.environ[ENV_KEYS]
+    owed = _stopped_by_a_deploy(project.url, key)
+    store = open_store(project.url)
+    try:
+        token = store.get_run(owed.id).checkpoint
+        listed = project.shipit("jobs", "list", "s")
+        assert listed.returncode == 0, listed.stderr
+        assert done.id in listed.stdout and owed.id in listed.stdout
+        status = project.shipit("status", "s")
+        assert status.returncode == 0 and owed.id in status.stdout
+        deploy = project.shipit("deploy", "s")
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        out = deploy.stdout + deploy.stderr
+        assert "job.restart_failed" in out
+        assert "cannot be decrypted" in out and "no key is configured" in out and owed.id in out
+        assert f"shipit jobs forget STAGE {owed.id}" in out
+        # Reported, never lost: still owed, state untouched, nothing started.
+        kept = store.get_run(owed.id)
+        assert kept.state == CHECKPOINTED and kept.checkpoint == token
+        assert continuation(store, owed.id) is None
+        shown = project.shipit("jobs", "show", "s", owed.id, "--state")
+        assert shown.returncode == 5 and owed.id in shown.stderr
+        assert len(shown.stderr.strip().splitlines()) == 1 and SECRET not in shown.stderr
+        assert project.shipit("jobs", "show", "s", owed.id).returncode == 0  # without its state
+        # The way out when the key is lost: give the run up, with a reason.
+        forgot = project.shipit("jobs", "forget", "s", owed.id, "-m", "state key lost")
+        assert forgot.returncode == 0, forgot.stderr
+        assert "given up" in forgot.stdout
+        gone = store.get_run(owed.id)
+        assert gone.state == "given_up" and "state key lost" in (gone.message or "")
+        assert gone.checkpoint == token  # left in place, unread
+        assert any(a.action == "forget" for a in store.audit_log())
+        assert owed.id not in project.shipit("status", "s").stdout
+        again = project.shipit("deploy", "s")
+        assert again.returncode == 0 and "cannot be decrypted" not in again.stdout + again.stderr
+        assert continuation(store, owed.id) is None
+        # A finished run cannot be forgotten: only a stopped one awaits a restart.
+        refused = project.shipit("jobs", "forget", "s", done.id, "-m", "x")
+        assert refused.returncode == 2 and "only a stopped run" in refused.stderr
+    finally:
+        store.close()
