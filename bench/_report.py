@@ -144,6 +144,9 @@ def _deploy_rows(res: Results) -> list[Row]:
     if mem:
         rows.append(["`shipit deploy` CLI wall time, interpreter start included (median)",
                      *[_s(_get(mem, "deploy", n, "cli_wall_s")) for n in SIZES], ""])
+        if any(_get(mem, "deploy", n, "cli_cpu_s") is not None for n in SIZES):
+            rows.append(["same, CPU time of that process (user+system, median)",
+                         *[_s(_get(mem, "deploy", n, "cli_cpu_s")) for n in SIZES], ""])
         rows.append(["`shipit deploy` CLI peak RSS (ru_maxrss, median)",
                      *[NA if (v := _get(mem, "deploy", n, "peak_rss_mb")) is None else f"{v:.1f} MiB"
                        for n in SIZES], ""])
@@ -182,6 +185,11 @@ def _jobs_rows(res: Results) -> list[Row]:
         rows.append([f"same, over a bare interpreter start (`python -c pass`: {_ms(py_ms)})",
                      *[NA if (v := _get(j, "startup", "backends", b, f"{key}_over_python_ms")) is None
                        else f"+{_ms(v)}" for b in BACKENDS], ""])
+        py_cpu = _get(j, "startup", "python_cpu_ms")
+        if py_cpu is not None:
+            rows.append([f"same, CPU (user+system) over the interpreter's ({_ms(py_cpu)})",
+                         *[NA if (v := _get(j, "startup", "backends", b, f"{key}_cpu_over_python_ms"))
+                           is None else f"+{_ms(v)}" for b in BACKENDS], ""])
         rows.append(["stop: request_stop + SIGUSR1 until the outcome is recorded (median)",
                      *[_ms(_get(j, "stop_ms", b)) for b in BACKENDS], ""])
     if dr:

@@ -6,14 +6,21 @@ two are measured side by side. Prints the median wall time, the SSH connections 
 commands per host per deploy (the most any host saw), the median time of each phase, and the CPU
 a redeploy costs: in the deploying process, and on the hosts (every sshd with its sessions,
 shells and remote commands: all N hosts share this machine's cores). `--engine-only` measures
-only the variant without job phases. Figures only, no pass/fail.
+only the variant without job phases. `--compare DIR` adds a third variant, alternating with the
+others: the full redeploy with the hosts running `shipit agent` from another shipit tree (an
+export of another commit, say) into their own deploy_to and job store; the deploying process is
+the same, so the difference is what the host side costs. Figures only, no pass/fail.
 
     python bench/deploy_bench.py [--redeploys 5] [--sizes 1,4,16] [--engine-only] [--json PATH]
+                                 [--compare DIR]
 """
 
 from __future__ import annotations
 
+import compileall
 import resource
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -69,9 +76,21 @@ def main() -> None:
     ap.add_argument("--redeploys", type=int, default=None, help="per variant and N (default 5, quick 2)")
     ap.add_argument("--sizes", default="1,4,16")
     ap.add_argument("--engine-only", action="store_true", help="only the variant without job phases")
+    ap.add_argument("--compare", metavar="DIR",
+                    help="also redeploy with the hosts' shipit from this tree (holding shipit/)")
     args = ap.parse_args()
     redeploys = args.redeploys or (2 if args.quick else 5)
     variants = ["engine"] if args.engine_only else ["full", "engine"]
+    compare_command = None
+    if args.compare:
+        tree = Path(args.compare).resolve()
+        if not (tree / "shipit" / "__main__.py").exists():
+            raise SystemExit(f"--compare {args.compare}: no shipit/ package there")
+        for t in (tree, ROOT):  # as `pip install` leaves it: no host compiles on its first run
+            compileall.compile_dir(str(t / "shipit"), quiet=1)
+        compare_command = (f"env PYTHONPATH={shlex.quote(str(tree))} "
+                           f"{shlex.quote(sys.executable)} -m shipit")
+        variants.insert(1, "compare")
     opened: list[Host] = []
     real_open = runner.open_host
 
@@ -97,19 +116,29 @@ def main() -> None:
                     source={"dir": str(app)}, parallelism=max(n, 1), jobs={"store": "file"},
                     shipit_command=SHIPIT_COMMAND,
                 )
-                stage = load_config(cfg).stage("test")
+                stages = {"full": load_config(cfg).stage("test")}
+                stages["engine"] = stages["full"]
+                if compare_command:
+                    other = write_shipit_yaml(
+                        root / f"shipit-{n}-compare.yaml", hosts,
+                        deploy_to=f"{MOUNT}/bench-{n}-compare", source={"dir": str(app)},
+                        parallelism=max(n, 1), jobs={"store": "file"},
+                        shipit_command=compare_command,
+                    )
+                    stages["compare"] = load_config(other).stage("test")
                 _job_phases(True)
-                first = runner.deploy(stage, runner.DeployOptions(), EventBus())
-                assert first.outcome == "success", first.error
+                for stage in {id(s): s for s in stages.values()}.values():
+                    first = runner.deploy(stage, runner.DeployOptions(), EventBus())
+                    assert first.outcome == "success", first.error
                 samples: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
                 for _ in range(redeploys):
                     for variant in variants:
-                        _job_phases(variant == "full")
+                        _job_phases(variant != "engine")
                         opened.clear()
                         time.sleep(0.3)  # the last deploy's sshd sessions have ended
                         hosts0, self0 = tree_cpu(sshd_pids), _cpu_self()
                         t0 = time.perf_counter()
-                        res = runner.deploy(stage, runner.DeployOptions(), EventBus())
+                        res = runner.deploy(stages[variant], runner.DeployOptions(), EventBus())
                         wall = time.perf_counter() - t0
                         self1 = _cpu_self()
                         assert res.outcome == "success", res.error
@@ -125,7 +154,7 @@ def main() -> None:
                 figures["sizes"][str(n)] = {v: _summary(s) for v, s in samples.items()}
                 for variant, s in figures["sizes"][str(n)].items():
                     detail = " ".join(f"{k}={v:.3f}s" for k, v in s["phases_median_s"].items())
-                    label = "redeploy" if variant == "full" else "no job phases"
+                    label = {"full": "redeploy", "compare": "--compare"}.get(variant, "no job phases")
                     print(
                         f"hosts={n:2d} {label:13} median={s['wall_median_s']:.3f}s "
                         f"max_commands/host={s['commands_per_host_max']} "
@@ -138,7 +167,7 @@ def main() -> None:
                 for h in hosts:
                     h.kill()
     _common.write_json(args.json, "deploy", figures, {"redeploys": redeploys, "sizes": args.sizes,
-                                                      "variants": variants})
+                                                      "variants": variants, "compare": args.compare})
 
 
 if __name__ == "__main__":

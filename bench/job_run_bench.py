@@ -1,6 +1,6 @@
 """What `shipit job run` costs a job: start-up overhead, spawn cost, checkpoint cost.
 
-    python bench/job_run_bench.py [--runs 30] [--json PATH] [--quick]
+    python bench/job_run_bench.py [--runs 30] [--json PATH] [--quick] [--compare DIR]
     SHIPIT_BENCH_DSN=postgresql://... python bench/job_run_bench.py   # an existing PostgreSQL
 
 Prints medians (ms) of `shipit job run -- true` through the console script and through
@@ -9,7 +9,9 @@ floor any Python entry point pays), per backend (file, sqlite, postgres) with th
 the cost of the child spawn with and without PR_SET_PDEATHSIG, of one checkpoint() / progress()
 call, and of a stop (request + SIGUSR1 until the outcome is recorded) per backend. Without
 SHIPIT_BENCH_DSN a throwaway PostgreSQL cluster is started when PostgreSQL is installed.
-Figures only, no pass/fail.
+`--compare DIR` also runs `python -m shipit job run` from another shipit tree (a checkout or an
+export of another commit, e.g. `git archive`), in the same rounds, each tree with its own
+stores: before/after figures side by side. Figures only, no pass/fail.
 """
 
 from __future__ import annotations
@@ -41,18 +43,19 @@ def _median_ms(fn: Callable[[], object], runs: int) -> float:
     return statistics.median(samples)
 
 
-def _run(argv: list[str], env: dict[str, str]) -> Callable[[], object]:
-    def go() -> object:
-        return subprocess.run(argv, env=env, check=True, stdin=subprocess.DEVNULL)
+def _run(argv: list[str], env: dict[str, str]) -> Callable[[], float]:
+    """Runs the command; returns the CPU time (user + system, ms) it used, from its rusage: on
+    a loaded machine a much steadier figure than its wall time."""
+
+    def go() -> float:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, argv)
+        return (usage.ru_utime + usage.ru_stime) * 1000
 
     return go
-
-
-def _create_store(env: dict[str, str]) -> None:
-    """What a first deploy does (`shipit job run` never creates a store), with the shipit that
-    the env's PYTHONPATH names: stores of two trees may differ in schema."""
-    code = "import os; from shipit.gate.url import open_store; open_store(os.environ['SHIPIT_STORE']).close()"
-    subprocess.run([sys.executable, "-c", code], env=env, check=True)
 
 
 def _console_script() -> str | None:
@@ -61,16 +64,18 @@ def _console_script() -> str | None:
     return str(candidate) if candidate.exists() else shutil.which("shipit")
 
 
-def startup(runs: int, stores: dict[str, tuple[str, dict[str, str]]]) -> dict[str, Any]:
+def startup(runs: int, stores: dict[str, tuple[str, dict[str, str]]],
+            compare: tuple[str, dict[str, tuple[str, dict[str, str]]]] | None = None) -> dict[str, Any]:
     """Variants are run round-robin, so that load from other processes on the machine (this
-    is a shared 2-core box) spreads over all of them instead of skewing one."""
+    is a shared 2-core box) spreads over all of them instead of skewing one. `compare`: another
+    shipit tree and its own stores, run as `python -m shipit` with that tree on PYTHONPATH."""
     true = shutil.which("true") or "/bin/true"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPIT_")}
     heads = [("python -m shipit", [sys.executable, "-m", "shipit"])]
     script = _console_script()
     if script:
         heads.insert(0, ("shipit", [script]))
-    variants: list[tuple[str, Callable[[], object]]] = [
+    variants: list[tuple[str, Callable[[], float]]] = [
         ("true", _run([true], base_env)),
         ("python -c pass", _run([sys.executable, "-c", "pass"], base_env)),
     ]
@@ -80,36 +85,54 @@ def startup(runs: int, stores: dict[str, tuple[str, dict[str, str]]]) -> dict[st
             variants.append(
                 (f"[{kind}] {label} job run -- true", _run([*head, "job", "run", "--", true], env))
             )
+        if compare is not None:
+            tree, other = compare
+            url2, extra2 = other[kind]
+            env2 = {**base_env, **extra2, "SHIPIT_STORE": url2, "PYTHONPATH": tree}
+            variants.append((f"[{kind}] {COMPARED} job run -- true",
+                             _run([sys.executable, "-m", "shipit", "job", "run", "--", true], env2)))
     samples: dict[str, list[float]] = {name: [] for name, _ in variants}
-    for _kind, (url, extra) in stores.items():
-        _create_store({**base_env, **extra, "SHIPIT_STORE": url})
+    cpu_samples: dict[str, list[float]] = {name: [] for name, _ in variants}
     for _, fn in variants:
-        fn()  # warm the page cache
+        fn()  # warm the page cache and create the stores
     for _ in range(runs):
         for name, fn in variants:
             t0 = time.perf_counter()
-            fn()
+            cpu = fn()
             samples[name].append((time.perf_counter() - t0) * 1000)
+            cpu_samples[name].append(cpu)
     med = {name: statistics.median(v) for name, v in samples.items()}
-    bare, py = med["true"], med["python -c pass"]
-    print(f"startup, median of {runs} runs each, round-robin, gate open (ms)")
-    print(f"  {'what':<48}{'median':>9}{'+ over true':>13}{'+ over python':>15}")
+    cpu_med = {name: statistics.median(v) for name, v in cpu_samples.items()}
+    bare, py, py_cpu = med["true"], med["python -c pass"], cpu_med["python -c pass"]
+    print(f"startup, median of {runs} runs each, round-robin, gate open (ms; cpu: user+system)")
+    print(f"  {'what':<52}{'median':>9}{'+ over true':>13}{'+ over python':>15}"
+          f"{'cpu':>8}{'+ over python':>15}")
     for name, value in med.items():
-        over_py = f"{value - py:>15.1f}" if name not in ("true", "python -c pass") else ""
+        base = name in ("true", "python -c pass")
+        over_py = f"{value - py:>15.1f}" if not base else " " * 15
         over_true = f"{value - bare:>13.1f}" if name != "true" else " " * 13
-        print(f"  {name:<48}{value:>9.1f}{over_true}{over_py}")
+        cpu_over = f"{cpu_med[name] - py_cpu:>15.1f}" if not base else ""
+        print(f"  {name:<52}{value:>9.1f}{over_true}{over_py}{cpu_med[name]:>8.1f}{cpu_over}")
     backends: dict[str, Any] = {}
     for kind in stores:
         entry = {}
-        for label, _ in heads:
-            key = "console" if label == "shipit" else "python_m"
+        labels = [label for label, _ in heads] + ([COMPARED] if compare is not None else [])
+        for label in labels:
+            key = {"shipit": "console", COMPARED: "compared"}.get(label, "python_m")
             value = med[f"[{kind}] {label} job run -- true"]
             entry[f"{key}_ms"] = value
             entry[f"{key}_over_true_ms"] = value - bare
             entry[f"{key}_over_python_ms"] = value - py
+            entry[f"{key}_cpu_over_python_ms"] = cpu_med[f"[{kind}] {label} job run -- true"] - py_cpu
         backends[kind] = entry
-    return {"true_ms": bare, "python_ms": py, "backends": backends,
-            "entry": heads[0][0], "runs": runs}
+    out = {"true_ms": bare, "python_ms": py, "python_cpu_ms": py_cpu, "backends": backends,
+           "entry": heads[0][0], "runs": runs}
+    if compare is not None:
+        out["compared_tree"] = compare[0]
+    return out
+
+
+COMPARED = "python -m shipit (--compare)"
 
 
 def spawn_cost(runs: int) -> dict[str, float]:
@@ -169,12 +192,12 @@ def api_cost(stores: dict[str, tuple[str, dict[str, str]]], calls: int) -> dict[
     return out
 
 
-def precompile() -> None:
+def precompile(tree: Path = HERE.parent) -> None:
     """Byte-compile shipit first, as `pip install` does: with PYTHONDONTWRITEBYTECODE set (as in
     some CI images) every run would otherwise compile each module from source (~25 ms here)."""
     import compileall
 
-    compileall.compile_dir(str(HERE.parent / "shipit"), quiet=1)
+    compileall.compile_dir(str(tree / "shipit"), quiet=1)
 
 
 def stop_latency(stores: dict[str, tuple[str, dict[str, str]]], runs: int) -> dict[str, float]:
@@ -221,23 +244,44 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=None, help="(500, quick 100)")
     parser.add_argument("--no-precompile", action="store_true",
                         help="measure as the environment is (no .pyc written beforehand)")
+    parser.add_argument("--compare", metavar="DIR",
+                        help="another shipit tree (holding shipit/) to measure side by side "
+                             "in the startup rounds, e.g. an export of the previous commit")
     args = parser.parse_args()
     runs = args.runs or (8 if args.quick else 30)
     calls = args.calls or (100 if args.quick else 500)
+    compare_tree = str(Path(args.compare).resolve()) if args.compare else None
+    if compare_tree and not (Path(compare_tree) / "shipit" / "__main__.py").exists():
+        raise SystemExit(f"--compare {args.compare}: no shipit/ package there")
     if not args.no_precompile:
         precompile()
+        if compare_tree:
+            precompile(Path(compare_tree))
     with tempfile.TemporaryDirectory(prefix="shipit-bench-") as tmp, contextlib.ExitStack() as stack:
         stores: dict[str, tuple[str, dict[str, str]]] = {
             "file": (f"file:{tmp}/file", {}),
             "sqlite": (f"sqlite:{tmp}/sqlite/jobs.db", {}),
         }
         dsn = os.environ.get("SHIPIT_BENCH_DSN")
+        new_db = None
         if not dsn:
             new_db = stack.enter_context(_common.postgres())
             dsn = new_db() if new_db else None
         if dsn:
             stores["postgres"] = ("postgres", {"SHIPIT_DSN": dsn})
-        figures: dict[str, Any] = {"startup": startup(runs, stores)}
+        compare = None
+        if compare_tree:
+            # Its own stores: the two trees may not share a store schema.
+            other: dict[str, tuple[str, dict[str, str]]] = {
+                "file": (f"file:{tmp}/compare-file", {}),
+                "sqlite": (f"sqlite:{tmp}/compare-sqlite/jobs.db", {}),
+            }
+            if new_db:
+                other["postgres"] = ("postgres", {"SHIPIT_DSN": new_db()})
+            else:
+                stores.pop("postgres", None)  # one existing database: not for two schemas
+            compare = (compare_tree, other)
+        figures: dict[str, Any] = {"startup": startup(runs, stores, compare)}
         figures["spawn"] = spawn_cost(runs)
         figures["api"] = api_cost(stores, calls)
         figures["stop_ms"] = stop_latency(stores, max(5, runs // 3))

@@ -11,10 +11,13 @@
   /proc/PID/status (the `sleep` child is not counted).
 - baseline: the same for `python -c 'import time; time.sleep(60)'`, the bare interpreter.
 
-Medians over --runs runs (5, quick 2); variants take turns. Figures only, no pass/fail.
+Medians over --runs runs (5, quick 2); variants take turns. `--compare DIR` also runs the
+deploy CLI from another shipit tree (an export of another commit, say), taking turns with this
+one on the same hosts (whose agent stays this checkout's): the CLI's own before/after. Figures
+only, no pass/fail.
 
     python bench/memory_bench.py [--runs 5] [--sizes 1,4,16] [--backends file,sqlite,postgres]
-                                 [--json PATH] [--quick]
+                                 [--json PATH] [--quick] [--compare DIR]
 """
 
 from __future__ import annotations
@@ -39,12 +42,14 @@ from tests.harness.sshd import new_pool, write_shipit_yaml
 SETTLE = 2.0
 
 
-def deploy_once(cfg: Path) -> tuple[float, float]:
-    """(peak RSS in MiB, wall seconds) of one `shipit deploy` CLI run."""
+def deploy_once(cfg: Path, tree: str | None = None) -> tuple[float, float, float]:
+    """(peak RSS in MiB, wall seconds, CPU seconds) of one `shipit deploy` CLI run (from `tree`
+    if given)."""
+    env = None if tree is None else {**os.environ, "PYTHONPATH": tree}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [*SHIPIT, "--config", str(cfg), "deploy", "test", "-y"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
     )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -52,7 +57,7 @@ def deploy_once(cfg: Path) -> tuple[float, float]:
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
         raise RuntimeError(f"shipit deploy failed ({proc.returncode}): {err[-2000:]}")
-    return usage.ru_maxrss / 1024, wall
+    return usage.ru_maxrss / 1024, wall, usage.ru_utime + usage.ru_stime
 
 
 def _idle_rss(argv: list[str], env: dict[str, str], ready: Any) -> dict[str, float]:
@@ -105,7 +110,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=None, help="(5, quick 2)")
     ap.add_argument("--sizes", default=None, help="hosts per deploy (1,4,16; quick 1,16)")
     ap.add_argument("--backends", default="file,sqlite,postgres")
+    ap.add_argument("--compare", metavar="DIR",
+                    help="also run the deploy CLI from this shipit tree (holding shipit/)")
     args = ap.parse_args()
+    tree = str(Path(args.compare).resolve()) if args.compare else None
+    if tree and not (Path(tree) / "shipit" / "__main__.py").exists():
+        raise SystemExit(f"--compare {args.compare}: no shipit/ package there")
     runs = args.runs or (2 if args.quick else 5)
     sizes = [int(x) for x in (args.sizes or ("1,16" if args.quick else "1,4,16")).split(",")]
     kinds = args.backends.split(",")
@@ -128,16 +138,26 @@ def main() -> None:
                     jobs={"store": "file"}, shipit_command=SHIPIT_COMMAND,
                 )
                 deploy_once(configs[n])  # the first deploy lays out the hosts
-            samples = _common.round_robin(runs, [(str(n), lambda c=configs[n]: deploy_once(c))
-                                                 for n in sizes])
+            deploys = [(str(n), lambda c=configs[n]: deploy_once(c)) for n in sizes]
+            if tree:
+                deploys += [(f"{n} --compare", lambda c=configs[n]: deploy_once(c, tree))
+                            for n in sizes]
+            samples = _common.round_robin(runs, deploys)
             for n, got in samples.items():
-                figures["deploy"][n] = {
-                    "peak_rss_mb": median([m for m, _ in got]), "peak_rss_mb_runs": [m for m, _ in got],
-                    "cli_wall_s": median([w for _, w in got]),
+                entry = {
+                    "peak_rss_mb": median([m for m, _, _ in got]),
+                    "peak_rss_mb_runs": [m for m, _, _ in got],
+                    "cli_wall_s": median([w for _, w, _ in got]),
+                    "cli_cpu_s": median([c for _, _, c in got]),
                 }
-                print(f"shipit deploy, {int(n):2d} host(s): peak RSS {figures['deploy'][n]['peak_rss_mb']:6.1f} MiB"
-                      f"   (CLI wall {figures['deploy'][n]['cli_wall_s']:.2f} s, median of {runs})",
-                      flush=True)
+                size, _, compared = n.partition(" ")
+                if compared:
+                    figures["deploy"][size]["compare"] = entry
+                else:
+                    figures["deploy"][n] = entry
+                print(f"shipit deploy, {int(size):2d} host(s){' (--compare)' if compared else ''}: "
+                      f"peak RSS {entry['peak_rss_mb']:6.1f} MiB   (CLI wall {entry['cli_wall_s']:.2f} s, "
+                      f"CPU {entry['cli_cpu_s']:.2f} s, median of {runs})", flush=True)
         finally:
             for h in hosts:
                 h.kill()
@@ -166,7 +186,7 @@ def main() -> None:
         print(f"idle {'`shipit job run`, ' + name if not name.startswith('python') else name:<34}"
               f" VmRSS {m['rss_mb']:6.1f} MiB   VmHWM {m['hwm_mb']:6.1f} MiB", flush=True)
     _common.write_json(args.json, "memory", figures, {"runs": runs, "sizes": sizes,
-                                                      "settle_s": SETTLE})
+                                                      "settle_s": SETTLE, "compare": tree})
 
 
 if __name__ == "__main__":
