@@ -167,7 +167,10 @@ def switch_command(
 ) -> str:
     """Point `current` at the release, log it, record the deploy, keep the newest N releases.
 
-    Cleanup never removes the new release nor anything in `keep` (the rollback target).
+    First prints `@@shipit previous NAME` (empty: no current): the release this switch replaces,
+    read while the deploy holds the gate. That, not the facts read before the gate closed (another
+    deploy may have switched and rolled back since), is what a rollback puts back.
+    Cleanup never removes the new release, the previous one, nor anything in `keep`.
     Removed releases are reported as `@@shipit removed NAME`.
     """
     if keep_releases < 1:
@@ -177,11 +180,13 @@ def switch_command(
         "set -e",
         f"d={shell_path(deploy_to)}",
         'cd "$d"',
+        'p=$(readlink current 2>/dev/null) || p=""',
+        f"printf '{FACT_PREFIX}previous %s\\n' \"${{p##*/}}\"",
         *_point_current(release),
         f"printf '%s\\n' {q(revlog_line)} >> revisions.log",
         _append_history(record_json),
         f"ls -1 releases | sort -r | tail -n +{keep_releases + 1} | while IFS= read -r old; do",
-        f'  case "$old" in {protected}) ;; *) rm -rf "releases/$old" && echo "{FACT_PREFIX}removed $old" ;; esac',
+        f'  case "$old" in {protected}|"${{p##*/}}") ;; *) rm -rf "releases/$old" && echo "{FACT_PREFIX}removed $old" ;; esac',
         "done",
     ]
     return "\n".join(lines)

@@ -30,6 +30,9 @@ class EngineState:
     started: float = 0.0
     phase_started: dict[str, float] = field(default_factory=dict)  # phase -> time.monotonic()
     prepared: set[str] = field(default_factory=set)  # hosts where prepare may have created the release
+    # host -> the release its switch replaced (None: it had none), read under the gate: the
+    # rollback target, which the pre_deploy facts may no longer tell.
+    switched_from: dict[str, str | None] = field(default_factory=dict)
     unreachable: set[str] = field(default_factory=set)
     secrets: list[str] = field(default_factory=list)
     inflight: int = 0

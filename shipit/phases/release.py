@@ -18,6 +18,7 @@ from shipit.commands.release import (
     switch_back_command,
     switch_command,
 )
+from shipit.errors import CommandFailed
 from shipit.history import make_record, record_json
 from shipit.hosts.base import CommandResult, Host
 from shipit.phases.common import critical, emit_command, engine_state, parallel, run
@@ -65,6 +66,14 @@ def prepare(ctx: DeployContext) -> None:
     parallel(ctx, "release", one)
 
 
+def _record_previous(ctx: DeployContext, host: Host, res: CommandResult) -> None:
+    for line in res.stdout.splitlines():
+        if line.startswith(f"{FACT_PREFIX}previous"):
+            name = line[len(f"{FACT_PREFIX}previous"):].strip()
+            engine_state(ctx).switched_from[host.name] = name or None
+            return
+
+
 def switch(ctx: DeployContext) -> None:
     stage = ctx.stage
     assert ctx.release and ctx.revision
@@ -83,9 +92,14 @@ def switch(ctx: DeployContext) -> None:
             keep=[current] if current else [],
         )
         with critical(ctx):
-            res = run(ctx, host, "release", command)
-        if not ctx.dry_run:
-            ctx.bus.emit("release.switched", host=host.name, phase="release", release=ctx.release)
+            res = run(ctx, host, "release", command, check=False)
+        if res is None:  # dry run
+            return
+        # Recorded even when a later line failed: `current` may have moved already.
+        _record_previous(ctx, host, res)
+        if not res.ok:
+            raise CommandFailed(host.name, command, res.exit_code, res.stdout + res.stderr)
+        ctx.bus.emit("release.switched", host=host.name, phase="release", release=ctx.release)
         _report_removed(ctx, host, res)
 
     if not ctx.dry_run:

@@ -76,7 +76,8 @@ def rollback(ctx: DeployContext, *, outcome: str = "failed", error: str | None =
     reachable = [h for h in ctx.hosts if h.name not in st.unreachable and h.name in ctx.facts]
 
     def back(host: Host) -> None:
-        to = ctx.facts[host.name].get("current")
+        # What the switch replaced on this host; the pre_deploy facts where it never ran.
+        to = st.switched_from.get(host.name, ctx.facts[host.name].get("current"))
         bad = ctx.release if st.mode == "deploy" else None
         command = switch_back_command(
             ctx.stage.deploy_to,

@@ -227,13 +227,15 @@ def test_switch_command_exact() -> None:
             "set -e",
             "d=/srv/app",
             'cd "$d"',
+            'p=$(readlink current 2>/dev/null) || p=""',
+            "printf '@@shipit previous %s\\n' \"${p##*/}\"",
             "rm -f current.tmp-R3",
             "ln -s releases/R3 current.tmp-R3",
             "mv -T current.tmp-R3 current",
             "printf '%s\\n' 'Branch main (at abc) deployed as release R3 by me' >> revisions.log",
             "(umask 077 && printf '%s\\n' '{\"o\":\"it'\"'\"'s\"}' >> \"$d\"/.shipit/history.jsonl)",
             "ls -1 releases | sort -r | tail -n +3 | while IFS= read -r old; do",
-            '  case "$old" in R3|R1) ;; *) rm -rf "releases/$old" && echo "@@shipit removed $old" ;; esac',
+            '  case "$old" in R3|R1|"${p##*/}") ;; *) rm -rf "releases/$old" && echo "@@shipit removed $old" ;; esac',
             "done",
         ]
     )
@@ -249,10 +251,23 @@ def test_switch_keeps_n_newest_and_the_rollback_target(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in (d / "releases").iterdir()) == ["R1", "R3", "R4"]
     assert "@@shipit removed R2" in res.stdout
+    assert res.stdout.splitlines()[0] == "@@shipit previous R1"
     assert str((d / "current").readlink()) == "releases/R4"
     assert (d / "revisions.log").read_text() == NASTY + "\n"
     assert oct((d / ".shipit" / "history.jsonl").stat().st_mode & 0o777) == "0o600"
     assert inert(tmp_path)
+
+
+def test_switch_keeps_the_release_it_replaces_whatever_the_facts_said(tmp_path: Path) -> None:
+    d = tmp_path / "app"
+    for name in ["R1", "R2", "R3", "R4"]:
+        (d / "releases" / name).mkdir(parents=True)
+    (d / ".shipit").mkdir()
+    (d / "current").symlink_to("releases/R2")  # another deploy moved it since the facts (R3)
+    res = sh(switch_command(str(d), "R4", keep_releases=1, revlog_line="x", record_json="{}", keep=["R3"]), tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0] == "@@shipit previous R2"
+    assert sorted(p.name for p in (d / "releases").iterdir()) == ["R2", "R3", "R4"]
 
 
 def test_switch_back_exact_and_without_a_previous_release() -> None:
