@@ -58,6 +58,13 @@ def _run(argv: list[str], env: dict[str, str]) -> Callable[[], float]:
     return go
 
 
+def _create_store(env: dict[str, str]) -> None:
+    """What a first deploy does (`shipit job run` never creates a store), with the shipit that
+    the env's PYTHONPATH names: stores of two trees may differ in schema."""
+    code = "import os; from shipit.gate.url import open_store; open_store(os.environ['SHIPIT_STORE']).close()"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
 def _console_script() -> str | None:
     # The real script next to the interpreter, not a version manager's shim in front of it.
     candidate = Path(sys.executable).with_name("shipit")
@@ -93,8 +100,13 @@ def startup(runs: int, stores: dict[str, tuple[str, dict[str, str]]],
                              _run([sys.executable, "-m", "shipit", "job", "run", "--", true], env2)))
     samples: dict[str, list[float]] = {name: [] for name, _ in variants}
     cpu_samples: dict[str, list[float]] = {name: [] for name, _ in variants}
+    for kind, (url, extra) in stores.items():
+        _create_store({**base_env, **extra, "SHIPIT_STORE": url})
+        if compare is not None:
+            url2, extra2 = compare[1][kind]
+            _create_store({**base_env, **extra2, "SHIPIT_STORE": url2, "PYTHONPATH": compare[0]})
     for _, fn in variants:
-        fn()  # warm the page cache and create the stores
+        fn()  # warm the page cache
     for _ in range(runs):
         for name, fn in variants:
             t0 = time.perf_counter()
