@@ -81,16 +81,18 @@ def test_job_run_and_agent_import_nothing_heavy(tmp_path: Path, kind: str) -> No
     # As a deploy runs them: drain (creates the store, closes the gate), restart (reopens it),
     # then a job starts, then `shipit status` asks.
     drain = imported(["agent", "drain", "--opts", json.dumps(opts)], tmp_path)
-    epoch = 1
-    restart = imported(
-        ["agent", "restart", "--opts", json.dumps({"store": url, "epoch": epoch, "run_ids": []})],
-        tmp_path,
-    )
+    # restart_jobs hands the agent the deploy's record to finish (shipit.history).
+    (tmp_path / "app" / ".shipit").mkdir(parents=True)
+    final = {"store": url, "epoch": 1, "run_ids": [], "deploy_to": str(tmp_path / "app"),
+             "history": {"deploy_id": "d1", "outcome": "success", "durations": {}}}
+    restart = imported(["agent", "restart", "--opts", json.dumps(final)], tmp_path)
+    assert (tmp_path / "app" / ".shipit" / "history.jsonl").exists()
     job = imported(["job", "run", "--store", url, "--name", "t", "--", "true"], tmp_path)
     status = imported(["agent", "status", "--opts", json.dumps({"store": url})], tmp_path)
     for what, modules in (("agent drain", drain), ("agent restart", restart),
                           ("job run", job), ("agent status", status)):
         assert "shipit.gate.file" in modules or "shipit.gate.sqlite" in modules, what
+        assert what != "agent restart" or "shipit.history" in modules
         assert loaded(modules, HEAVY) == [], f"`shipit {what}` ({kind} store) imports them"
         assert loaded(modules, STDLIB) == [], f"`shipit {what}` ({kind} store) imports them"
 
