@@ -5,7 +5,7 @@ text). Each check returns a list of violations, one line each, prefixed with its
 (b) every stopped run restarted exactly once        restarted_once
 (c) no work lost beyond the last checkpoint         ledgers
 (d) current is a complete release, same everywhere  releases_complete
-(e) a dead deploy's lease expires within its TTL    lease_expires
+(e) a dead deploy's lease expires within its TTL    lease_expires, no_close_after_exit
 """
 
 from __future__ import annotations
@@ -70,6 +70,39 @@ def lease_expires(stores: Stores, deadline: float, *, offsets: Mapping[str, floa
                 store.finish(got.id, FINISHED, 0)
         finally:
             store.close()
+    return out
+
+
+def no_close_after_exit(stores: Stores, exits: Mapping[str, float], *,
+                        offsets: Mapping[str, float] | None = None, slack: float = 1.0) -> list[str]:
+    """(e) No gate is closed on behalf of a deploy once it has exited (`exits`: deploy id -> when
+    its process was seen gone): such a close holds the gate a whole TTL past the deploy's last act,
+    for nobody (a host agent that outlived its deploy, seed 11), whenever the (e) wait happened
+    to look. From the audit trail's closes, which name the deploy in their reason; a per-host
+    store on a skewed host stamps in that host's time (`offsets`). `slack`: how long a host's
+    sshd may take to notice its client died."""
+    out = []
+    for label, store in stores():
+        off = (offsets or {}).get(label, 0.0)
+        try:
+            audit = store.audit_log(limit=10**6)
+        finally:
+            store.close()
+        reopened: dict[int, float] = {}
+        for a in audit:
+            if a.action in ("reopen", "force-open"):
+                reopened[a.epoch] = min(a.ts, reopened.get(a.epoch, a.ts))
+        for a in audit:
+            if a.action not in ("close", "force-close"):
+                continue
+            # A close in the instant the deploy died, handed back at once when the agent found its
+            # requester gone on its next write, held nothing.
+            if reopened.get(a.epoch, float("inf")) <= a.ts + slack:
+                continue
+            for deploy_id, exited in exits.items():
+                if deploy_id in a.reason and a.ts - off > exited + slack:
+                    out.append(f"(e) {label}: gate closed (epoch {a.epoch}) for deploy {deploy_id} "
+                               f"{a.ts - off - exited:.1f}s after it exited, and held")
     return out
 
 

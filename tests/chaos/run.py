@@ -64,7 +64,8 @@ def log_result(result: TrialResult, k: int, trials: int) -> None:
 def run_trials(world: World, backends: list[str], trials: int, seed: int, workdir: Path,
                log: bool = True, *, skip: Iterable[tuple[int, str]] = (), results: Path | None = None,
                plan_key: dict[str, Any] | None = None, chunk: int | None = None,
-               budget: float | None = None, into: list[TrialResult] | None = None) -> list[TrialResult]:
+               budget: float | None = None, into: list[TrialResult] | None = None,
+               keep: Path | None = None) -> list[TrialResult]:
     """Run the trials of the plan not in `skip`; append each to `results` as it ends (and to
     `into`, which keeps them if an interrupt cuts the run short). Stops after `chunk` trials or
     once `budget` seconds have passed (the trial under way finishes)."""
@@ -89,6 +90,12 @@ def run_trials(world: World, backends: list[str], trials: int, seed: int, workdi
                 f.write(json.dumps(line, sort_keys=True) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+        if keep is not None and (result.violations or result.error):
+            # The run's temp dir goes when it ends: a failing trial's logs (each deploy's events,
+            # the jobs', shipit's own log files) are copied out first.
+            with contextlib.suppress(OSError):
+                shutil.copytree(workdir / f"trial-{s}", keep / f"{backend}-{s}", dirs_exist_ok=True)
+                result.notes.append(f"logs kept in {keep / f'{backend}-{s}'}")
         if log and not result.error:
             log_result(result, k, trials)
     return out
@@ -214,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, metavar="N", help="run at most N trials this time")
     p.add_argument("--budget", type=float, metavar="SECONDS",
                    help="start no trial after SECONDS (the one under way finishes)")
+    p.add_argument("--keep", metavar="DIR", type=Path,
+                   help="copy each failing trial's logs (deploy events, job and shipit logs) into DIR")
     p.add_argument("--summarize", metavar="PATH.jsonl", type=Path,
                    help="print the summary of a results file and exit")
     args = p.parse_args(argv)
@@ -260,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             run_trials(world, backends, args.trials, args.seed, root / "trials", skip=skip, into=results,
-                       results=args.results, plan_key=plan_key, chunk=args.chunk, budget=args.budget)
+                       results=args.results, plan_key=plan_key, chunk=args.chunk, budget=args.budget,
+                       keep=args.keep)
     finally:
         world.stop()
         shutil.rmtree(root, ignore_errors=True)

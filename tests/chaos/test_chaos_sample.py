@@ -78,6 +78,25 @@ def test_the_checkers_catch_lost_work_and_a_missing_restart(tmp_path: Path) -> N
     assert invariants.ledgers(stores, tmp_path) == []
 
 
+def test_the_checkers_catch_a_gate_closed_for_a_deploy_already_gone(tmp_path: Path) -> None:
+    import time
+
+    store_dir = tmp_path / "store"
+    stores = lambda: [("h", open_store(f"file:{store_dir}"))]  # noqa: E731
+    exited = time.time() - 5
+    [(_, store)] = stores()
+    try:
+        lease = store.close_gate(holder="ci", deploy_id="D1", reason="deploy test (D1) by ci", ttl=3)
+        assert invariants.no_close_after_exit(stores, {"D1": time.time() + 5}) == []  # alive then
+        found = invariants.no_close_after_exit(stores, {"D1": exited})
+        assert len(found) == 1 and "for deploy D1" in found[0]
+        # Handed back at once (the agent found its requester gone on its next write): held nothing.
+        store.open_gate(lease.epoch, actor="ci")
+        assert invariants.no_close_after_exit(stores, {"D1": exited}) == []
+    finally:
+        store.close()
+
+
 def test_a_results_file_resumes_its_plan_and_sums_up_every_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     ran: list[tuple[int, str]] = []

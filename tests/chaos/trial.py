@@ -77,8 +77,15 @@ class TrialResult:
 
 
 def _tail(res: subprocess.CompletedProcess[str]) -> str:
-    """The end of what a failed shipit command said (plain output goes to stdout, errors to stderr)."""
-    return " | ".join(x for x in (res.stderr.strip()[-400:], res.stdout.strip()[-600:]) if x)
+    """The end of what a failed shipit command said (plain output goes to stdout, errors to stderr),
+    and the first host failure in full (the failed command's own output follows its FAILED line,
+    and the summary at the end only repeats that line's first words)."""
+    tail = " | ".join(x for x in (res.stderr.strip()[-400:], res.stdout.strip()[-600:]) if x)
+    lines = res.stdout.splitlines()
+    first = next((i for i, line in enumerate(lines) if "FAILED: " in line), None)
+    if first is not None:
+        tail += "\nfirst failure: " + "\n".join(lines[first:first + 14])[-1500:]
+    return tail
 
 
 @dataclass
@@ -105,6 +112,8 @@ class Deploy:
     killed_at_moment: str | None = None
     exit_code: int | None = None
     ended_at: float = 0.0
+    started_at: float = 0.0  # time.monotonic()
+    gone_at: float = 0.0  # time.time() when it was SIGKILLed, or its stdout ended
 
 
 class Trial:
@@ -125,7 +134,10 @@ class Trial:
         self.cli: list[subprocess.Popen[str] | Child] = []
         self.triggers: list[tuple[int, str, Any]] = []  # (deploy index, moment, action)
         self.lock = threading.Lock()
-        self.dirty = False  # a fault hit a release mid-way: hosts may differ until a deploy succeeds
+        # A fault hit a release mid-way (at time.monotonic() `dirty_at`): hosts may differ until a
+        # deploy that started after it succeeds.
+        self.dirty = False
+        self.dirty_at = 0.0
         self.threads: list[threading.Thread] = []
         self.job_procs: list[subprocess.Popen[bytes]] = []
         self.n_jobs = 0
@@ -331,7 +343,7 @@ class Trial:
         if moment in ("release", "switch", "restart", "restarted"):
             # A host lost after the switch cannot be rolled back with the others: the stage stays
             # on two releases until the next deploy (checked after it; counted in `observed`).
-            self.dirty = True
+            self._mark_dirty()
 
         def back() -> None:
             time.sleep(down)
@@ -374,6 +386,7 @@ class Trial:
             env["CHAOS_FAIL"] = d.fail_hook
             self.result.faults["failing_hook"] += 1
         argv = self._cli_argv("deploy", "test", "--yes", "--json")
+        d.started_at = time.monotonic()
         with open(self.tdir / "logs" / f"deploy{d.index}.err", "ab") as err:
             if self.world.zygote is not None:
                 d.proc = self.world.zygote.popen(argv, env=env, stdout=subprocess.PIPE, stderr=err)
@@ -386,8 +399,15 @@ class Trial:
         self._thread(self._read_events, d)
 
     def _read_events(self, d: Deploy) -> None:
+        # Every event line is kept with the trial's logs, for triage.
+        with open(self.tdir / "logs" / f"deploy{d.index}.jsonl", "a") as kept:
+            self._follow(d, kept)
+
+    def _follow(self, d: Deploy, kept: Any) -> None:
         assert d.proc is not None and d.proc.stdout is not None
         for line in d.proc.stdout:
+            kept.write(line)
+            kept.flush()
             try:
                 ev = json.loads(line)
             except ValueError:
@@ -402,14 +422,17 @@ class Trial:
                 with contextlib.suppress(ProcessLookupError):
                     d.proc.send_signal(d.kill[1])
                     d.killed_with, d.killed_at_moment = d.kill[1], moment
+                    if d.kill[1] == signal.SIGKILL:
+                        d.gone_at = time.time()
                     name = "deploy_sigkill" if d.kill[1] == signal.SIGKILL else "deploy_sigterm"
                     self.result.faults[f"{name}@{moment}"] += 1
                     if d.kill[1] == signal.SIGKILL and moment in ("release", "switch"):
-                        self.dirty = True
+                        self._mark_dirty()
             for i, (index, m, action) in enumerate(list(self.triggers)):
                 if index == d.index and m == moment:
                     self.triggers[i] = (index, "", action)
                     action()
+        d.gone_at = d.gone_at or time.time()
 
     def wait_deploy(self, d: Deploy) -> None:
         assert d.proc is not None
@@ -425,8 +448,14 @@ class Trial:
         hook = f", hook {d.fail_hook} fails" if d.fail_hook else ""
         self.result.notes.append(f"deploy {d.index}: exit {d.exit_code}{killed}{hook}, "
                                  f"outcome {summary.get('outcome')}: {summary.get('error')}")
-        if d.exit_code == 0:
+        if d.exit_code == 0 and d.started_at > self.dirty_at:
+            # Only a deploy that started after the fault switched every host after it: one that
+            # started earlier (it overlapped the faulty one) may have switched before it (seed 75).
             self.dirty = False
+
+    def _mark_dirty(self) -> None:
+        with self.lock:
+            self.dirty, self.dirty_at = True, time.monotonic()
 
     # -- the trial ------------------------------------------------------------------------------
     def run(self) -> TrialResult:
@@ -523,9 +552,21 @@ class Trial:
         with self.step("check_a_c"):
             self.observe()
             v += invariants.no_run_in_closed_gate(self.stores, TTL)
+            v += invariants.no_close_after_exit(self.stores, self.exits(deploys), offsets=self.clock_offsets())
             v += invariants.ledgers(self.stores, self.tdir / "ledgers", skew=self.run_skew(),
                                     seen=self.result.observed)
         return healthy
+
+    @staticmethod
+    def exits(deploys: list[Deploy]) -> dict[str, float]:
+        """Deploy id -> when the trial saw that deploy's process gone (time.time())."""
+        out = {}
+        for d in deploys:
+            started = next((e for e in d.events if e.get("kind") == "deploy.started"), None)
+            deploy_id = (started or {}).get("data", {}).get("deploy_id")
+            if deploy_id and d.ended_at:
+                out[str(deploy_id)] = min(d.gone_at or d.ended_at, d.ended_at)
+        return out
 
     # -- clocks ---------------------------------------------------------------------------------
     def clock_offsets(self) -> dict[str, float]:
@@ -616,4 +657,8 @@ class Trial:
             self.app_state.healthy = keep
             if not keep:
                 self.world.apps.pop(self.backend, None)
+                # The deploys' own logs go with the app: keep a copy with the trial's for triage.
+                with contextlib.suppress(OSError):
+                    shutil.copytree(self.app_state.dir / ".shipit" / "logs", self.tdir / "logs" / "shipit",
+                                    dirs_exist_ok=True)
                 self._drop_app(self.app_state)
