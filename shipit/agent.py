@@ -241,6 +241,9 @@ def _reconcile_first(store: Store, opts: dict[str, Any], out: Out) -> None:
 
 
 def op_renew(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    # Only for a deploy still there: an agent that starts late on a loaded host must not extend
+    # the lease of a deploy that died meanwhile (a tick fails once sshd closed the session).
+    out.line({"event": "tick"})
     lease = store.renew(int(opts["epoch"]), float(opts.get("ttl", 60.0)))
     return {"lease": lease.to_dict()}
 

@@ -153,3 +153,19 @@ def test_a_drain_whose_deploy_died_while_it_waited_for_the_gate_never_closes(tmp
     assert _closes_by(store, "gone") == []
     assert store.gate().deploy_id == "other"
     store.close()
+
+
+def test_a_renewal_for_a_deploy_already_gone_does_not_extend_the_lease(tmp_path):
+    """`agent renew` started late (a loaded host) after its deploy died: the lease is left to
+    expire at its TTL from the deploy's last renewal, not extended for nobody."""
+    store, url = _store(tmp_path)
+    lease = store.close_gate(holder="ci", deploy_id="gone", reason="deploy gone", ttl=30)
+    proc = subprocess.Popen(
+        [*SHIPIT, "agent", "renew", "--opts", json.dumps({"store": url, "epoch": lease.epoch, "ttl": 600})],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 1
+    assert store.gate().expires_at == lease.expires_at
+    store.close()
