@@ -68,13 +68,52 @@ def build_faketime_preload(root: Path) -> str:
     return f"{fix}:{lib}"
 
 
-def skew_env(preload: str, seconds: int) -> dict[str, str]:
+def faketime_shared(tag: str) -> str:
+    """A semaphore and shared memory for libfaketime, made once per run: FAKETIME_SHARED's value.
+
+    A libfaketime process that finds no FAKETIME_SHARED creates its own pair, exports it to its
+    children and unlinks it when it exits, and so does every fork of it that exits (a shell's
+    `$(...)` or `( ... )` subshell). A child started after that dies at once: "libfaketime: In
+    ft_shm_init(), sem_open failed", exit 1, before doing anything. On a skewed host that made
+    switch commands fail after their first subshell (the final deploy's `set -e` failures of seeds
+    53, 131, 152): a fault of the clock fake, not of shipit. With one pair made here (as the
+    `faketime` wrapper does), no process on a skewed host ever creates or unlinks one."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.sem_open.restype = ctypes.c_void_p
+    libc.sem_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_uint]
+    sem, shm = f"/faketime_sem_chaos-{tag}", f"/faketime_shm_chaos-{tag}"
+    free_faketime_shared(f"{sem} {shm}")
+    if libc.sem_open(sem.encode(), os.O_CREAT | os.O_EXCL, 0o600, 1) in (None, 0, -1):
+        raise WorldUnavailable(f"cannot create the semaphore {sem} for libfaketime: "
+                               f"{os.strerror(ctypes.get_errno())}")
+    fd = os.open(f"/dev/shm{shm}", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.write(fd, bytes(8))  # the ticks counter libfaketime keeps there, from 0
+    finally:
+        os.close(fd)
+    return f"{sem} {shm}"
+
+
+def free_faketime_shared(shared: str) -> None:
+    sem, shm = shared.split()
+    for path in (f"/dev/shm/sem.{sem[1:]}", f"/dev/shm{shm}"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def skew_env(preload: str, seconds: int, shared: str = "") -> dict[str, str]:
     """The environment that puts a process `seconds` off the real clock (empty: no skew).
     CLOCK_MONOTONIC stays real, so intervals are unchanged and a ledger line can carry both
-    clocks (tests/chaos/ledger_job.py) to show the skew was in effect."""
+    clocks (tests/chaos/ledger_job.py) to show the skew was in effect. `shared`: the run's
+    FAKETIME_SHARED (faketime_shared)."""
     if not seconds:
         return {}
-    return {"LD_PRELOAD": preload, "FAKETIME": f"{seconds:+d}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    env = {"LD_PRELOAD": preload, "FAKETIME": f"{seconds:+d}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    if shared:
+        env["FAKETIME_SHARED"] = shared
+    return env
 
 
 @dataclass
@@ -84,10 +123,12 @@ class ChaosHost(HomeHost):
     __test__ = False
     skew: int = 0
     preload: str = ""
+    faketime_shared: str = ""
 
     def _write_config(self) -> Path:
         config = super()._write_config()
-        extra = " ".join(f"{k}={v}" for k, v in skew_env(self.preload, self.skew).items())
+        extra = " ".join(f'"{k}={v}"' if " " in v else f"{k}={v}"
+                         for k, v in skew_env(self.preload, self.skew, self.faketime_shared).items())
         if extra:
             lines = [f"{line} {extra}" if line.startswith("SetEnv ") else line
                      for line in config.read_text().splitlines()]
@@ -107,6 +148,7 @@ class World:
     # In every app name of this run: two runs at once on one machine never share a name (a trial
     # ends its processes by finding its app's name in their command line or environment).
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
+    faketime_shared: str = ""  # FAKETIME_SHARED of the skewed hosts (faketime_shared())
 
     @classmethod
     def start(cls, root: Path, *, n_hosts: int = 3, postgres: bool = True) -> World:
@@ -117,13 +159,15 @@ class World:
         root.mkdir(parents=True, exist_ok=True)
         preload = build_faketime_preload(root)
         world = cls(root=root)
+        world.faketime_shared = faketime_shared(world.tag)
         (root / "ssh").mkdir(mode=0o700)
         world.pool = new_pool(root / "ssh")
         for _ in range(n_hosts):
             port = free_port()
             d = root / f"host-{port}"
             d.mkdir(mode=0o700)
-            world.hosts.append(ChaosHost(pool=world.pool, port=port, dir=d, preload=preload))
+            world.hosts.append(ChaosHost(pool=world.pool, port=port, dir=d, preload=preload,
+                                         faketime_shared=world.faketime_shared))
         for h in world.hosts:
             h.spawn()
         for h in world.hosts:
@@ -145,12 +189,14 @@ class World:
             with contextlib.suppress(Exception):
                 self.pg.stop("immediate")
             shutil.rmtree(self.pg.root, ignore_errors=True)
+        if self.faketime_shared:
+            free_faketime_shared(self.faketime_shared)
 
     def env(self) -> dict[str, str]:
         """The environment of the run's shipit processes on this side."""
         env = dict(os.environ)
         env.pop("CHAOS_FAIL", None)
-        for k in ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC"):
+        for k in ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC", "FAKETIME_SHARED"):
             env.pop(k, None)
         env["PYTHONPATH"] = os.pathsep.join([REPO, *filter(None, [os.environ.get("PYTHONPATH")])])
         return env
@@ -166,7 +212,7 @@ class World:
 
     def host_env(self, host: ChaosHost) -> dict[str, str]:
         """What a process started on the host (through nsenter) adds to its environment."""
-        return skew_env(host.preload, host.skew)
+        return skew_env(host.preload, host.skew, host.faketime_shared)
 
     def set_skew(self, host: ChaosHost, seconds: int) -> None:
         """Give the host a clock `seconds` off (0: the real clock); restarts its sshd if needed,
