@@ -17,6 +17,9 @@ Event kinds in use (dotted, past tense for facts, `.started`/`.finished` for spa
   host.failed         host, phase, message
   hook.started / hook.finished   data: hook, where (finished: ok)
   gate.closed / gate.reopened / gate.renewed / gate.forced   data: epoch, holder, host
+                      (gate.forced, from `shipit lock` / `jobs pause|resume --force`: holder
+                      is who forced; action force-close|force-open as audited; previous_holder,
+                      previous_deploy_id, previous_reason: whom it overrode)
   job.running         host, data: run (dict) — listed while draining
   job.stop_requested / job.stopped / job.finished / job.interrupted / job.restarted / job.given_up
   job.restart_respawned  host, data: run, respawns; message: why (its restart was lost: the

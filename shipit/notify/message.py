@@ -57,7 +57,8 @@ def job_facts(event: Event) -> dict[str, Any]:
     data, run = event.data, _run(event)
     facts: dict[str, Any] = {
         "job": _str(data.get("job")) or _str(data.get("name")) or _str(run.get("job")),
-        "run_id": _str(data.get("run_id")) or _str(run.get("id")),
+        # run_info() (jobs.drain) names it run_id, Run.to_dict() id.
+        "run_id": _str(data.get("run_id")) or _str(run.get("id")) or _str(run.get("run_id")),
         "attempt": data.get("attempt", run.get("attempt")),
     }
     elapsed = _num(data.get("elapsed"))
@@ -69,14 +70,21 @@ def job_facts(event: Event) -> dict[str, Any]:
     facts["checkpoint_saved"] = _checkpoint_saved(data, run)
     if event.kind == "job.restarted":
         new_run = data.get("new_run") if isinstance(data.get("new_run"), dict) else {}
-        facts["new_run_id"] = (
-            _str(data.get("new_run_id")) or _str(new_run.get("id")) or facts["run_id"]
+        new_id = _str(data.get("new_run_id")) or _str(new_run.get("id"))
+        if new_id is None and run and data.get("run_id") is None:
+            new_id = _str(run.get("id"))  # the event's run is the new one
+        # What deploys and reconcile emit: run_id is the STOPPED run, and the new run has no id
+        # yet (its supervisor creates it once the gate is open): it continues run_id.
+        facts["new_run_id"] = new_id
+        facts["continues"] = (
+            _str(data.get("continues")) or _str(run.get("continues"))
+            or (facts["run_id"] if facts["run_id"] != new_id else None)
         )
-        facts["continues"] = _str(data.get("continues")) or _str(run.get("continues"))
         if new_run.get("attempt") is not None:
             facts["attempt"] = new_run.get("attempt")
     if event.kind == "job.given_up":
         facts["restarts"] = data.get("restarts", run.get("restarts"))
+        facts["max_restarts"] = data.get("max_restarts")
     return facts
 
 
@@ -127,16 +135,70 @@ def summary(event: Event, source: dict[str, Any]) -> str:
             return _rollback_finished(event, app, stage)
         return _finished(event, app, stage)
     if kind in ("gate.closed", "gate.reopened", "gate.forced"):
-        verb = {"gate.closed": "closed", "gate.reopened": "reopened", "gate.forced": "FORCED"}[kind]
-        epoch = data.get("epoch")
-        holder = _str(data.get("holder"))
-        tail = f" (epoch {epoch})" if epoch is not None else ""
-        by = f" by {holder}" if holder and kind != "gate.reopened" else ""
-        return f"Job gate {verb}{on_host}{by}{tail} [{app} {stage}]"
+        return f"{_gate(event, source, on_host)} [{app} {stage}]"
     if kind.startswith("job."):
         return _job(event, on_host)
     text = event.message.strip().splitlines()[0] if event.message.strip() else ""
     return f"{kind}{on_host}{': ' + text if text else ''}"
+
+
+# What a gate event says when a command run by hand (source "mode") closed or opened the gate.
+_MANUAL_GATE = {
+    ("lock", "gate.closed"): "Deploy lock taken",
+    ("lock", "gate.reopened"): "Deploy lock released",
+    ("pause", "gate.closed"): "Jobs paused",
+    ("pause", "gate.reopened"): "Jobs resumed",
+}
+
+
+def _first_line(value: Any, limit: int = 200) -> str | None:
+    text = _str(value)
+    if text is None or not text.strip():
+        return None
+    line = text.strip().splitlines()[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _gate(event: Event, source: dict[str, Any], on_host: str) -> str:
+    data, kind = event.data, event.kind
+    epoch = data.get("epoch")
+    holder = _str(data.get("holder"))
+    by = f" by {holder}" if holder else ""
+    tail = f" (epoch {epoch})" if epoch is not None else ""
+    reason = _first_line(data.get("reason"))
+    why = f": {reason}" if reason else ""
+    if kind == "gate.forced":
+        # action is the audit trail's: force-close (taken from its holder) or force-open.
+        action = _str(data.get("action")) or ""
+        how = {"force-close": " closed", "force-open": " open"}.get(action, "")
+        text = f"Job gate FORCED{how}{on_host}{by}{tail}"
+        if how == " closed":
+            text += why
+        return text + _forced_from(data)
+    manual = _MANUAL_GATE.get((_str(source.get("mode")) or "", kind))
+    if manual:
+        return f"{manual}{on_host}{by}{tail}{why if kind == 'gate.closed' else ''}"
+    if kind == "gate.reopened":
+        expired = " after its lease expired" if data.get("expired") is True else ""
+        return f"Job gate reopened{on_host}{expired}{tail}"
+    return f"Job gate closed{on_host}{by}{tail}"
+
+
+def _forced_from(data: dict[str, Any]) -> str:
+    """Whom a forced close/open overrode: `; it was held by ann@ci (lock-1a2b: migration)`."""
+    previous = _str(data.get("previous_holder"))
+    if previous is None:
+        return ""
+    if data.get("unreadable") is True:
+        return "; it replaced an unreadable gate"
+    bits = [b for b in (_str(data.get("previous_deploy_id")),) if b]
+    reason = _first_line(data.get("previous_reason"), 120)
+    detail = ", ".join(bits)
+    if reason:
+        detail = f"{detail}: {reason}" if detail else reason
+    if data.get("previous_expired") is True:
+        detail = f"{detail}, lease expired" if detail else "lease expired"
+    return f"; it was held by {previous}{' (' + detail + ')' if detail else ''}"
 
 
 def _is_rollback(event: Event, source: dict[str, Any]) -> bool:
@@ -205,12 +267,27 @@ def _job(event: Event, on_host: str) -> str:
             bits.append(f"attempt {facts['attempt']}")
         if facts.get("new_run_id"):
             bits.append(f"run {facts['new_run_id']}")
+        elif facts.get("continues"):
+            bits.append(f"continuing run {facts['continues']}")
+        if event.data.get("respawned") is True:
+            bits.append("its first restart was lost")
         return f"Job {name} restarted{on_host}{' (' + ', '.join(bits) + ')' if bits else ''}"
     if kind == "job.given_up":
         restarts = facts.get("restarts")
+        limit = facts.get("max_restarts")
         after = f" after {restarts} restarts" if restarts is not None else ""
-        why = event.message.strip().splitlines()[0] if event.message.strip() else ""
+        why = _first_line(event.message) or (
+            f"it reached max_restarts ({limit})" if limit is not None and not after else ""
+        )
         return f"Job {name}{on_host} given up{after}{': ' + why if why else ''}"
+    if kind == "job.restart_failed":
+        why = _first_line(event.message or event.data.get("error"))
+        run = f" (run {run_id})" if run_id else ""
+        return f"Job {name}{on_host} could NOT be restarted{run}{': ' + why if why else ''}"
+    if kind == "job.restart_respawned":
+        # The reason (event.message) is a paragraph: the audit trail keeps it.
+        run = f" of run {run_id}" if run_id else ""
+        return f"Job {name}{on_host}: the restart{run} was lost, starting it again"
     verb = kind.split(".", 1)[1].replace("_", " ")
     return f"Job {name}{on_host} {verb}{' (run ' + run_id + ')' if run_id else ''}"
 
@@ -220,7 +297,7 @@ def severity(event: Event) -> str:
     if event.kind == "deploy.finished":
         outcome = event.data.get("outcome")
         return {"success": "success", "interrupted": "warning"}.get(str(outcome), "failure")
-    if event.kind in ("gate.forced", "job.given_up", "job.interrupted"):
+    if event.kind in ("gate.forced", "job.given_up", "job.interrupted", "job.restart_failed"):
         return "warning"
     return "info"
 
@@ -259,6 +336,9 @@ def payload(event: Event, source: dict[str, Any]) -> dict[str, Any]:
         "stage": _str(source.get("stage")) or _str(event.data.get("stage")),
         "application": _str(source.get("application")),
         "deploy_id": _str(source.get("deploy_id")) or _str(event.data.get("deploy_id")),
+        # deploy | rollback, or the command run by hand: lock, pause, reconcile.
+        "mode": _str(source.get("mode"))
+        or (_str(event.data.get("mode")) if event.kind.startswith("deploy.") else None),
         "host": host_of(event),
         "ts": datetime.fromtimestamp(event.ts, tz=timezone.utc).isoformat(timespec="milliseconds"),
         "data": data,

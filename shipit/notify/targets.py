@@ -21,6 +21,7 @@ DEFAULT_EVENTS: frozenset[str] = frozenset(
         "job.stopped",
         "job.interrupted",
         "job.restarted",
+        "job.restart_failed",
         "job.given_up",
     }
 )

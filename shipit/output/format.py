@@ -126,8 +126,12 @@ def describe(event: Event) -> str:
         text = f"gate {verb}"
         if d.get("epoch") is not None:
             text += f" (epoch {d['epoch']})"
-        if kind == "gate.forced" and d.get("holder"):
-            text += f", was held by {d['holder']}"
+        if kind == "gate.forced":
+            # holder: who forced it; previous_holder: whom it was taken from (cli/jobs.py).
+            if d.get("holder"):
+                text += f" by {d['holder']}"
+            if d.get("previous_holder"):
+                text += f", was held by {d['previous_holder']}"
         return text + (f": {event.message}" if event.message else "")
     if kind in _JOB_VERBS:
         text = f"job {job_name(d)} {_JOB_VERBS[kind]}"

@@ -223,3 +223,84 @@ def test_without_targets_the_notifier_is_inert() -> None:
     bus.emit("deploy.started", deploy_id="d")
     assert notifier.close(0.1) is True
     assert notifier.failures == [] and notifier.delivered == 0
+
+
+# -- manual commands (shipit lock / jobs pause / resume / reconcile) and the restart events --------
+
+LOCK = {**SOURCE, "mode": "lock"}
+PAUSE = {**SOURCE, "mode": "pause"}
+RECONCILE = {**SOURCE, "mode": "reconcile"}
+
+
+@pytest.mark.parametrize(
+    ("event", "source", "text"),
+    [
+        (ev("gate.closed", host="w1", epoch=7, holder="ann@ci", reason="db migration\nmore"),
+         LOCK, "Deploy lock taken on w1 by ann@ci (epoch 7): db migration [shop prod]"),
+        (ev("gate.reopened", host="w1", epoch=7, holder="ann@ci"), LOCK,
+         "Deploy lock released on w1 by ann@ci (epoch 7) [shop prod]"),
+        (ev("gate.closed", host="w1", epoch=7, holder="ann@ci", reason="backfill"), PAUSE,
+         "Jobs paused on w1 by ann@ci (epoch 7): backfill [shop prod]"),
+        (ev("gate.reopened", epoch=7, holder="ann@ci"), PAUSE,
+         "Jobs resumed by ann@ci (epoch 7) [shop prod]"),
+        # A deploy's reopen does not name its own deploy as "by".
+        (ev("gate.reopened", host="w1", epoch=7, holder="ann@ci"), SOURCE,
+         "Job gate reopened on w1 (epoch 7) [shop prod]"),
+        (ev("gate.reopened", host="w1", epoch=7, holder="ann@ci", expired=True), RECONCILE,
+         "Job gate reopened on w1 after its lease expired (epoch 7) [shop prod]"),
+        (ev("gate.forced", host="w1", epoch=8, holder="bob", action="force-close",
+            reason="hotfix", previous_holder="ann@ci", previous_deploy_id="lock-1a2b",
+            previous_reason="db migration", previous_expired=False), LOCK,
+         "Job gate FORCED closed on w1 by bob (epoch 8): hotfix; it was held by ann@ci "
+         "(lock-1a2b: db migration) [shop prod]"),
+        (ev("gate.forced", host="w1", epoch=8, holder="bob", action="force-open",
+            previous_holder="ann@ci", previous_deploy_id="d-9", previous_reason=None,
+            previous_expired=True), PAUSE,
+         "Job gate FORCED open on w1 by bob (epoch 8); it was held by ann@ci "
+         "(d-9, lease expired) [shop prod]"),
+        (ev("gate.forced", host="w1", epoch=3, holder="bob", action="force-open",
+            previous_holder="?", previous_reason="unreadable gate", unreadable=True), PAUSE,
+         "Job gate FORCED open on w1 by bob (epoch 3); it replaced an unreadable gate [shop prod]"),
+        # What jobs.restart emits: run_id is the stopped run; the new run has no id yet.
+        (ev("job.restarted", host="w1", job="crunch", run_id="r-1", attempt=2, pid=42,
+            log="/x/r-1.next.log"), RECONCILE,
+         "Job crunch restarted on w1 (attempt 2, continuing run r-1)"),
+        (ev("job.restarted", host="w1", job="crunch", run_id="r-1", attempt=3, respawned=True),
+         RECONCILE,
+         "Job crunch restarted on w1 (attempt 3, continuing run r-1, its first restart was lost)"),
+        (ev("job.given_up", host="w2", run={"run_id": "r-5", "job": "sync", "attempt": 6},
+            max_restarts=5), RECONCILE, "Job sync on w2 given up: it reached max_restarts (5)"),
+        (ev("job.restart_failed", host="w1", run={"run_id": "r-1", "job": "crunch"},
+            message="run r-1 (crunch) not restarted, its saved state cannot be decrypted\nx"),
+         RECONCILE,
+         "Job crunch on w1 could NOT be restarted (run r-1): run r-1 (crunch) not restarted, "
+         "its saved state cannot be decrypted"),
+        (ev("job.restart_respawned", host="w1", run={"run_id": "r-1", "job": "crunch"},
+            respawns=1, message="run r-1: its restart, claimed 9.0s earlier ..."), RECONCILE,
+         "Job crunch on w1: the restart of run r-1 was lost, starting it again"),
+    ],
+)
+def test_events_of_manual_commands_read_well(
+    event: Event, source: dict[str, Any], text: str
+) -> None:
+    assert summary(event, source) == text
+    assert "\n" not in payload(event, source)["text"]
+
+
+def test_restart_facts_never_pass_the_stopped_run_off_as_the_new_one() -> None:
+    body = payload(ev("job.restarted", host="w1", job="crunch", run_id="r-1", attempt=2), RECONCILE)
+    assert body["data"]["new_run_id"] is None and body["data"]["continues"] == "r-1"
+    assert body["data"]["attempt"] == 2 and body["mode"] == "reconcile"
+    # An emitter that knows the new run says so.
+    known = payload(ev("job.restarted", job="c", run_id="r-1", new_run_id="r-2"), SOURCE)
+    assert (known["data"]["new_run_id"], known["data"]["continues"]) == ("r-2", "r-1")
+
+
+def test_forced_gates_and_failed_restarts_are_warnings_in_the_default_set() -> None:
+    target = NotifyTarget(webhook="https://h.example/x")
+    for kind in ("gate.forced", "job.restart_failed", "job.given_up"):
+        assert wants(target, ev(kind))
+        assert payload(ev(kind), LOCK)["severity"] == "warning"
+    assert not wants(target, ev("job.restart_respawned"))  # a job.restarted follows it
+    assert payload(ev("gate.closed"), LOCK)["mode"] == "lock"
+    assert payload(ev("deploy.started", mode="rollback"), SOURCE)["mode"] == "rollback"
