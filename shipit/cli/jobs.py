@@ -60,7 +60,12 @@ class Stage:
         )
         self.central = stage.jobs.store == "postgres"
 
+    def notify(self, mode: str) -> None:
+        """Announce what this command does to the stage's notify targets, as a deploy would."""
+        self.notifier = _manual_notifier(self, mode)
+
     def close(self) -> None:
+        _close_notifier(self)
         for h in self.hosts:
             try:
                 h.close()
@@ -128,9 +133,11 @@ def _echo_event(event: Any) -> None:
         click.echo(f"{where}{event.kind} {job}".rstrip() + why, err=True)
 
 
-def _with_stage(name: str, fn: Callable[[Stage], Any]) -> Any:
+def _with_stage(name: str, fn: Callable[[Stage], Any], *, notify: str | None = None) -> Any:
     st = Stage(load_stage(name))
     try:
+        if notify:
+            st.notify(notify)
         return fn(st)
     finally:
         st.close()
@@ -153,16 +160,22 @@ def _close_all(st: Stage, *, prefix: str, reason: str, ttl: float, force: bool) 
         "ttl": ttl,
         "force": force,
     }
-    results = st.each("close", opts)
+    # Without force first: --force then overrides only the stores someone else holds, so the
+    # audit trail marks exactly those forced, and gate.forced names whom it overrode.
+    results = st.each("close", {**opts, "force": False})
+    taken = _force_close(st, results, opts) if force else {}
+    _announce_closed(st, results, taken)
     err = _first_error(results)
     if err is not None:
         # All or nothing: reopen what we closed so a half-locked stage is not left behind.
         for target, res in results.items():
             if isinstance(res, dict):
                 try:
-                    st.call(target, "open", {"epoch": res["lease"]["epoch"], "actor": st.ctx.actor})
+                    back = st.call(target, "open", {"epoch": res["lease"]["epoch"],
+                                                    "actor": st.ctx.actor})
                 except ShipitError:
                     continue
+                _emit_gate(st, "gate.reopened", target, back["lease"], holder=st.ctx.actor)
         raise err
     return results
 
@@ -170,11 +183,13 @@ def _close_all(st: Stage, *, prefix: str, reason: str, ttl: float, force: bool) 
 def _open_all(st: Stage, *, force: bool, what: str) -> dict[str, Any]:
     now = time.time()
     plans: dict[str, dict[str, Any] | None] = {}
+    seen: dict[str, Lease | None] = {}  # what each store held: whom a forced open overrides
     for target, res in st.each("status", {}).items():
         if isinstance(res, CorruptState) and force:
             # The repair the CorruptState message points to: a forced, audited reopen that
             # replaces the unreadable gate (the store keeps its runs; jobs then get in).
             plans[target] = {"actor": st.ctx.actor, "force": True}
+            seen[target] = None
             continue
         if isinstance(res, ShipitError):
             raise res
@@ -189,9 +204,12 @@ def _open_all(st: Stage, *, force: bool, what: str) -> dict[str, Any]:
                 lease,
             )
         plans[target] = {"epoch": lease.epoch, "actor": st.ctx.actor, "force": force and not mine}
+        seen[target] = lease
     out: dict[str, Any] = {}
     for target, opts in plans.items():
         out[target] = st.call(target, "open", opts) if opts else {"lease": None}
+        if opts:
+            _announce_opened(st, target, out[target], seen.get(target), forced=opts["force"])
     return out
 
 
@@ -205,6 +223,123 @@ def _say_closed(results: dict[str, Any], verb: str) -> None:
         lease = _lease(res["lease"])
         where = "store" if target == "*" else target
         click.echo(f"{where}: {verb} (epoch {lease.epoch}, expires {iso(lease.expires_at)})")
+
+
+# -- telling people: gate events and the stage's notify targets -----------------------------------
+
+
+def _force_close(st: Stage, results: dict[str, Any], opts: dict[str, Any]) -> dict[str, Lease | None]:
+    """Close again, forced, the stores that refused (held by someone else, or an unreadable
+    gate). Updates `results`; returns what each forced store held (None: unreadable)."""
+    from shipit.hosts.fanout import FanOutError, run_parallel
+
+    again = [t for t, r in results.items() if isinstance(r, (GateHeld, CorruptState))]
+    taken = {t: getattr(results[t], "lease", None) for t in again}
+    forced = {**opts, "force": True}
+    if not again:
+        return taken
+    if st.central:
+        try:
+            results["*"] = st.call("*", "close", forced)
+        except ShipitError as exc:
+            results["*"] = exc
+        return taken
+    hosts = [h for h in st.hosts if h.name in taken]
+    try:
+        results.update(run_parallel(hosts, lambda h: st.call(h.name, "close", forced),
+                                    limit=st.stage.parallelism))
+    except FanOutError as exc:
+        results.update(exc.results)
+        for name, err in exc.errors.items():
+            results[name] = err if isinstance(err, ShipitError) else ShipitError(f"[{name}] {err}")
+    return taken
+
+
+def _emit_gate(st: Stage, kind: str, target: str, lease: dict[str, Any], **data: Any) -> None:
+    st.bus.emit(kind, host=None if target == "*" else target, phase="cli",
+                epoch=lease.get("epoch"), **data)
+
+
+def _previous(lease: Lease | None, now: float) -> dict[str, Any]:
+    """gate.forced's account of whom it overrode (the audit trail records the forced action)."""
+    if lease is None:
+        return {"previous_holder": "?", "previous_reason": "unreadable gate", "unreadable": True}
+    return {
+        "previous_holder": lease.holder or "?", "previous_deploy_id": lease.deploy_id or None,
+        "previous_reason": lease.reason or None, "previous_epoch": lease.epoch,
+        "previous_expires_at": lease.expires_at, "previous_expired": not lease.is_closed(now),
+    }
+
+
+def _announce_closed(st: Stage, results: dict[str, Any], taken: dict[str, Lease | None]) -> None:
+    now = time.time()
+    for target, res in results.items():
+        if not isinstance(res, dict):
+            continue
+        lease = res["lease"]
+        facts = {"holder": lease.get("holder"), "deploy_id": lease.get("deploy_id"),
+                 "reason": lease.get("reason"), "expires_at": lease.get("expires_at")}
+        if target in taken:
+            _emit_gate(st, "gate.forced", target, lease, action="force-close", **facts,
+                       **_previous(taken[target], now))
+        else:
+            _emit_gate(st, "gate.closed", target, lease, **facts)
+
+
+def _announce_opened(st: Stage, target: str, res: dict[str, Any], before: Lease | None, *,
+                     forced: bool) -> None:
+    lease = res.get("lease") or {}
+    if forced:
+        _emit_gate(st, "gate.forced", target, lease, action="force-open", holder=st.ctx.actor,
+                   **_previous(before, time.time()))
+    else:
+        _emit_gate(st, "gate.reopened", target, lease, holder=st.ctx.actor,
+                   deploy_id=before.deploy_id if before else None)
+
+
+def _manual_notifier(st: Stage, mode: str) -> Any:
+    """The stage's Notifier on this command's bus (same targets, filters and masking as a
+    deploy). A target this machine cannot use (apprise not installed...) is a warning here: a
+    lock or a resume must still work in an emergency."""
+    stage = st.stage
+    st.bus.subscribe(_echo_manual)
+    if not stage.notify:
+        return None
+    from shipit.config.secrets import secret_values
+    from shipit.notify.notifier import Notifier
+
+    source = {"stage": stage.name, "application": stage.application, "actor": st.ctx.actor,
+              "mode": mode, "dry_run": False}
+    try:
+        return Notifier(stage.notify, secrets=[v for v in secret_values(stage) if v],
+                        source=source, origin=f"{stage.config_path}: notify").attach(st.bus)
+    except ShipitError as exc:
+        click.echo(f"warning: notifications are off for this command: {exc}", err=True)
+        return None
+
+
+def _close_notifier(st: Stage) -> None:
+    notifier = getattr(st, "notifier", None)
+    if notifier is None:
+        return
+    st.notifier = None
+    try:
+        notifier.close(10.0)  # bounded, like a deploy's; a dead endpoint never fails the command
+    except Exception:  # noqa: BLE001 - telling people must not fail what was done
+        click.echo("warning: notifications could not be flushed", err=True)
+
+
+def _echo_manual(event: Any) -> None:
+    if event.kind == "notify.failed":
+        click.echo(f"warning: {event.message}", err=True)
+    elif event.kind == "gate.forced":
+        where = f"[{event.host}] " if event.host else ""
+        d = event.data
+        was = f"{d.get('previous_holder')}" + (
+            f" ({d['previous_deploy_id']})" if d.get("previous_deploy_id") else ""
+        )
+        click.echo(f"{where}gate forced {'open' if d.get('action') == 'force-open' else 'closed'}"
+                   f" (epoch {d.get('epoch')}, audited): it was held by {was}", err=True)
 
 
 # -- shipit lock -------------------------------------------------------------------------------------
@@ -240,7 +375,7 @@ def lock_acquire(stage: str, message: str, ttl: float, force: bool) -> None:
         )
         _say_closed(res, "locked")
 
-    _with_stage(stage, go)
+    _with_stage(stage, go, notify="lock")
 
 
 @lock.command("release")
@@ -248,7 +383,8 @@ def lock_acquire(stage: str, message: str, ttl: float, force: bool) -> None:
 @click.option("--force", is_flag=True, help="Release someone else's lock (audited).")
 def lock_release(stage: str, force: bool) -> None:
     """Give the deploy lock back (yours; someone else's with --force)."""
-    _with_stage(stage, lambda st: _say_opened(_open_all(st, force=force, what="release")))
+    _with_stage(stage, lambda st: _say_opened(_open_all(st, force=force, what="release")),
+                notify="lock")
 
 
 def _say_opened(results: dict[str, Any]) -> None:
@@ -287,6 +423,7 @@ def jobs_pause(stage: str, message: str, ttl: float, force: bool) -> None:
         lambda st: _say_closed(
             _close_all(st, prefix="pause-", reason=message, ttl=ttl, force=force), "paused"
         ),
+        notify="pause",
     )
 
 
@@ -295,7 +432,8 @@ def jobs_pause(stage: str, message: str, ttl: float, force: bool) -> None:
 @click.option("--force", is_flag=True, help="Reopen even if someone else holds the gate (audited).")
 def jobs_resume(stage: str, force: bool) -> None:
     """Reopen the gate after `jobs pause`."""
-    _with_stage(stage, lambda st: _say_opened(_open_all(st, force=force, what="resume")))
+    _with_stage(stage, lambda st: _say_opened(_open_all(st, force=force, what="resume")),
+                notify="pause")
 
 
 @jobs.command("list")
@@ -403,7 +541,7 @@ def jobs_reconcile(stage: str) -> None:
         )
         click.echo(f"reconciled: {n} job(s) restarted")
 
-    _with_stage(stage, go)
+    _with_stage(stage, go, notify="reconcile")
 
 
 def _reconcile_central(st: Stage) -> None:

@@ -453,3 +453,118 @@ def test_the_queue_is_bounded_and_overflow_is_reported(hook: Hook) -> None:
         "2 notification(s) dropped: queue full",
         "3 notification(s) not sent within 0.3s",
     ]
+
+
+# -- manual commands: `shipit lock` and `shipit jobs reconcile` on a real local stage -------------
+
+
+def _stage_with_notify(tmp_path: Any, targets: list[dict[str, Any]]) -> Any:
+    import yaml
+
+    from tests.jobs.deploy_kit import Project
+
+    project = Project(tmp_path)
+    project.shipit("deploy", "s", check=True)  # creates the stage's store
+    cfg = yaml.safe_load((project.root / "shipit.yaml").read_text())
+    cfg["notify"] = targets
+    (project.root / "shipit.yaml").write_text(yaml.safe_dump(cfg))
+    return project
+
+
+def test_lock_acquire_force_over_someone_elses_lock_is_announced_and_audited(
+    hook: Hook, tmp_path: Any
+) -> None:
+    project = _stage_with_notify(tmp_path, [{"webhook": hook.url("/lock")}])
+    project.shipit("lock", "acquire", "s", "-m", "db migration", env={"SHIPIT_ACTOR": "bob@box"},
+                   check=True)
+    forced = project.shipit("lock", "acquire", "s", "-m", "hotfix", "--force",
+                            env={"SHIPIT_ACTOR": "ann@box"}, check=True)
+    assert "gate forced closed" in forced.stderr and "bob@box" in forced.stderr
+    project.shipit("lock", "release", "s", env={"SHIPIT_ACTOR": "ann@box"}, check=True)
+
+    closed, taken, released = (r.json for r in hook.wait_for("/lock", 3))
+    assert [closed["event"], taken["event"], released["event"]] == [
+        "gate.closed", "gate.forced", "gate.reopened"]
+    assert {b["mode"] for b in (closed, taken, released)} == {"lock"}
+    assert (taken["stage"], taken["application"], taken["host"]) == ("s", "t", "local")
+    bob_lock = closed["deploy_id"]
+    assert bob_lock.startswith("lock-")
+    assert closed["text"] == (
+        f"Deploy lock taken on local by bob@box (epoch {closed['data']['epoch']}): "
+        "db migration [t s]")
+    epoch = taken["data"]["epoch"]
+    assert epoch == closed["data"]["epoch"] + 1
+    assert taken["severity"] == "warning"
+    assert taken["text"] == (
+        f"Job gate FORCED closed on local by ann@box (epoch {epoch}): hotfix; it was held by "
+        f"bob@box ({bob_lock}: db migration) [t s]")
+    data = taken["data"]
+    assert (data["holder"], data["previous_holder"], data["previous_deploy_id"],
+            data["previous_reason"], data["action"]) == (
+        "ann@box", "bob@box", bob_lock, "db migration", "force-close")
+    assert released["text"] == f"Deploy lock released on local by ann@box (epoch {epoch}) [t s]"
+
+    # The audit trail says the same: forced exactly where gate.forced was announced.
+    store = project.store()
+    try:
+        trail = store.audit_log(limit=3)
+    finally:
+        store.close()
+    assert [(a.action, a.actor, a.epoch, a.forced) for a in trail] == [
+        ("reopen", "ann@box", epoch, False),
+        ("force-close", "ann@box", epoch, True),
+        ("close", "bob@box", epoch - 1, False),
+    ]
+
+
+def test_a_dead_endpoint_never_fails_a_manual_command(tmp_path: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    project = _stage_with_notify(
+        tmp_path, [{"webhook": f"http://127.0.0.1:{port}/x", "retries": 0, "timeout": 1}])
+    res = project.shipit("jobs", "pause", "s", "-m", "backfill")
+    assert res.returncode == 0, res.stderr
+    assert "local: paused" in res.stdout
+    assert "warning: notification about gate.closed" in res.stderr
+    assert project.shipit("jobs", "resume", "s").returncode == 0
+
+
+def test_jobs_reconcile_announces_the_job_it_restarts(hook: Hook, tmp_path: Any) -> None:
+    import time as _time
+
+    from shipit.gate.base import CHECKPOINTED
+    from tests.jobs.deploy_kit import agent, continuation, items, kill_group, kill_jobs, wait_for
+
+    project = _stage_with_notify(tmp_path, [{"webhook": hook.url("/jobs")}])
+    proc, out = project.start_stateful(total=100000)
+    store = project.store()
+    try:
+        wait_for(lambda: out.exists() and len(items(out)) >= 3, what="the job to make progress")
+        # A deploy that stopped the job and died: its lease (3 s) is never renewed nor released.
+        code, lines = agent("drain", {"store": project.url, "holder": "ci", "deploy_id": "gone",
+                                      "ttl": 3, "timeout": 0.2, "policy": "terminate",
+                                      "grace": 5, "reconcile": False})
+        assert code == 0, lines
+        stopped = next(r for r in store.list_runs() if r.job == "crunch")
+        wait_for(lambda: store.get_run(stopped.id).state == CHECKPOINTED, what="the checkpoint")
+        wait_for(lambda: not store.gate().is_closed(_time.time()), what="the lease to expire")
+
+        res = project.shipit("jobs", "reconcile", "s", env={"SHIPIT_ACTOR": "ann@box"})
+        assert res.returncode == 0, res.stderr
+        assert "1 job(s) restarted" in res.stdout
+        new = wait_for(lambda: continuation(store, stopped.id), what="the restarted run")
+
+        reopened, restarted = (r.json for r in hook.wait_for("/jobs", 2))
+        assert [reopened["event"], restarted["event"]] == ["gate.reopened", "job.restarted"]
+        assert {reopened["mode"], restarted["mode"]} == {"reconcile"}
+        assert reopened["text"].startswith("Job gate reopened on local after its lease expired")
+        assert restarted["host"] == "local" and restarted["severity"] == "info"
+        assert restarted["text"] == (
+            f"Job crunch restarted on local (attempt 2, continuing run {stopped.id})")
+        assert (restarted["data"]["continues"], restarted["data"]["attempt"]) == (stopped.id, 2)
+        assert new.attempt == 2
+    finally:
+        store.close()
+        kill_group(proc)
+        kill_jobs(project)
