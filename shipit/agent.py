@@ -34,7 +34,8 @@ TYPE_CHECKING = False  # typing costs ~3 ms to import; annotations are strings (
 if TYPE_CHECKING:
     from typing import IO, Any
 
-OPS = ("drain", "renew", "restart", "reconcile", "close", "open", "status", "list", "show", "forget")
+OPS = ("drain", "renew", "restart", "reconcile", "close", "open", "status", "list", "show", "forget",
+       "audit")
 
 
 class RequesterGone(Exception):
@@ -397,10 +398,21 @@ def op_forget(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
     return {"run": public_run(done), "changed": done.state == GIVEN_UP}
 
 
+def op_audit(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
+    """The audit trail, newest first (`limit` entries): who closed, reopened or forced the gate,
+    restarts, respawns, forgets. Read-only (callers pass `readonly`); never needs the state key."""
+    limit = max(1, int(opts.get("limit", 20)))
+    return {"entries": [
+        {"ts": a.ts, "action": a.action, "actor": a.actor, "epoch": a.epoch,
+         "reason": a.reason, "forced": bool(a.forced)}
+        for a in store.audit_log(limit=limit)
+    ]}
+
+
 _OPS: dict[str, Callable[[Store, dict[str, Any], Out], dict[str, Any]]] = {
     "drain": op_drain, "renew": op_renew, "restart": op_restart, "reconcile": op_reconcile,
     "close": op_close, "open": op_open, "status": op_status, "list": op_list, "show": op_show,
-    "forget": op_forget,
+    "forget": op_forget, "audit": op_audit,
 }
 
 
@@ -409,6 +421,7 @@ _EMPTY: dict[str, dict[str, Any]] = {
     "status": {"gate": {"state": "open", "epoch": 0, "closed": False}, "runs": []},
     "list": {"runs": []},
     "forget": {"run": None},
+    "audit": {"entries": []},
 }
 
 

@@ -387,6 +387,40 @@ def lock_release(stage: str, force: bool) -> None:
                 notify="lock")
 
 
+@lock.command("log")
+@STAGE
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Entries per store.")
+@JSON
+def lock_log(stage: str, limit: int, as_json: bool) -> None:
+    """The audit trail: who closed, reopened or forced the gate, when and why (newest first;
+    per host for per-host stores, once for a central one)."""
+
+    def go(st: Stage) -> None:
+        results = st.each("audit", {"limit": limit, "readonly": True})
+        err = _first_error(results)
+        if err is not None:
+            raise err
+        logs = {t: [{"time": iso(float(e["ts"])), **e} for e in res.get("entries") or []]
+                for t, res in results.items()}
+        if as_json:
+            echo_json(logs)
+            return
+        for target, entries in logs.items():
+            click.echo(f"{'store' if target == '*' else target}:")
+            if not entries:
+                click.echo("  (no entries)")
+            rows = [(e["time"], str(e["action"]), str(e["actor"]), f"epoch {e['epoch']}",
+                     "forced" if e.get("forced") else "-", str(e.get("reason") or ""))
+                    for e in entries]
+            widths = [max((len(r[i]) for r in rows), default=0) for i in range(5)]
+            for r in rows:
+                line = "  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True))
+                click.echo(f"  {line}  {r[5]}".rstrip())
+
+    _with_stage(stage, go)
+
+
 def _say_opened(results: dict[str, Any]) -> None:
     for target, res in results.items():
         where = "store" if target == "*" else target

@@ -314,3 +314,33 @@ def test_a_job_waiting_at_a_paused_gate_is_shown_until_resume_lets_it_run(projec
         store.close()
         if late.poll() is None:
             kill_group(late)
+
+
+def test_lock_log_shows_the_audit_trail_newest_first(project):
+    project.shipit("lock", "acquire", "s", "-m", "bob's", env={"SHIPIT_ACTOR": "bob@box"}, check=True)
+    project.shipit("lock", "acquire", "s", "-m", "hotfix", "--force",
+                   env={"SHIPIT_ACTOR": "alice@box"}, check=True)
+    project.shipit("lock", "release", "s", env={"SHIPIT_ACTOR": "alice@box"}, check=True)
+
+    res = project.shipit("lock", "log", "s", "-n", "3", "--json", check=True)
+    entries = json.loads(res.stdout)["local"]
+    assert [(e["action"], e["actor"], e["forced"], e["reason"]) for e in entries] == [
+        ("reopen", "alice@box", False, ""),
+        ("force-close", "alice@box", True, "hotfix"),
+        ("close", "bob@box", False, "bob's"),
+    ]
+    assert entries[0]["epoch"] == entries[1]["epoch"] == entries[2]["epoch"] + 1
+    assert all(e["time"].endswith("Z") and "T" in e["time"] for e in entries)
+
+    text = project.shipit("lock", "log", "s", "-n", "2", check=True).stdout.splitlines()
+    assert text[0] == "local:" and len(text) == 3
+    assert text[1].split()[1:5] == ["reopen", "alice@box", "epoch", str(entries[0]["epoch"])]
+    assert text[2].split()[1:] == ["force-close", "alice@box", "epoch",
+                                   str(entries[1]["epoch"]), "forced", "hotfix"]
+
+
+def test_lock_log_on_a_host_without_a_store_creates_none(tmp_path):
+    p = Project(tmp_path)
+    res = p.shipit("lock", "log", "s", check=True)
+    assert res.stdout == "local:\n  (no entries)\n"
+    assert not (p.deploy_to / "shared").exists()
