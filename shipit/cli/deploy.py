@@ -33,6 +33,7 @@ from shipit.output.pager import NO_PAGER, page
 if TYPE_CHECKING:  # pydantic models load lazily: `shipit --help` should not pay for them
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from shipit.config.model import StageConfig
 
@@ -151,11 +152,23 @@ def check_cmd(stage: str, hosts: str | None, roles: str | None, as_json: bool) -
                     if isinstance(r.get("releases"), list)
                     else r.get("releases", "")
                 ),
-                "; ".join(map(str, r.get("problems") or [])),
+                _problems_and_notes(r),
             )
         _console().print(table)
     bad = [r for r in rows if not r.get("ok")]
     click.get_current_context().exit(1 if bad else 0)
+
+
+def _problems_and_notes(row: dict[str, Any]) -> Text:
+    """The problems, then the notes (facts that are not problems: "deploy_to does not exist yet;
+    the first deploy creates it") dimmed, so an ok host stays ok at a glance."""
+    from rich.text import Text
+
+    cell = Text("; ".join(map(str, row.get("problems") or [])))
+    notes = "; ".join(map(str, row.get("notes") or []))
+    if notes:
+        cell.append(("; " if cell.plain else "") + notes, style="dim")
+    return cell
 
 
 @click.command("deploy")

@@ -337,3 +337,16 @@ def test_json_deploy_that_fails_before_the_runner_starts_still_ends_with_a_summa
             }
         }
     ]
+
+
+def test_check_shows_notes_without_making_an_ok_host_a_problem(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "not-yet"
+    write_config(tmp_path / "shipit.yaml", CONFIG.replace("/tmp/never-used", str(target)))
+    code, out, err = shipit(capsys, "check", "demo")
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("local"))
+    assert row.split()[1] == "ok" and "PROBLEM" not in out
+    assert f"{target} does not exist yet; the first deploy creates it" in " ".join(out.split())
+    assert not target.exists()
