@@ -22,6 +22,7 @@ _MAX_SLICE = 2.0
 # when the store's clock is behind ours.
 _EXPIRY_MARGIN = 0.05
 _MIN_SLICE = 0.05
+_SKEWED_SLICE = 0.5
 
 
 def _utc(ts: float) -> str:
@@ -83,14 +84,22 @@ def claim_when_open(
                     f"job {spec.job} gave up after waiting {max_wait:g}s at the closed gate"
                     f" ({describe_lease(lease)})"
                 )
-            if not store.gate().is_closed(time.time()):
-                continue  # reopened (or expired) while we were announcing: claim again at once
+            again = store.gate()
+            if again.state != "closed" or again.epoch != lease.epoch:
+                # Reopened (or taken over) while we were announcing: claim again at once. Only a
+                # change the store made counts: judging expiry by our clock would spin when it is
+                # ahead of the store's (PostgreSQL stamps leases with the server's time).
+                continue
             if keepalive is not None:
                 keepalive()
             if waiting is not None:
                 with contextlib.suppress(Exception):
                     store.refresh_waiting(waiting.id)
             until_expiry = lease.expires_at - time.time() + _EXPIRY_MARGIN
+            if until_expiry < _MIN_SLICE:
+                # Expired by our clock, live by the store's: the clocks disagree. Don't re-claim
+                # every few milliseconds; a reopen still wakes us through wait_gate_change.
+                until_expiry = _SKEWED_SLICE
             store.wait_gate_change(max(_MIN_SLICE, min(remaining, until_expiry, _MAX_SLICE)))
     finally:
         if waiting is not None and not claimed:
