@@ -231,11 +231,24 @@ class Trial:
                         "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'shipit%'")]
                     if names:
                         conn.execute("DROP TABLE " + ", ".join(f'"{n}"' for n in names) + " CASCADE")
+                from shipit.gate.postgres import PostgresStore
+
+                fresh = PostgresStore(app.dsn)
+                fresh.gate()
+                fresh.close()
             else:
+                from shipit.gate.url import open_store
+
                 for h in self.world.hosts:
                     store_dir = self.world.tree(h, app.name) / "shared" / "shipit"
                     if store_dir.exists():
                         shutil.rmtree(store_dir)
+                    # An empty store, as the app's deploys made it: `shipit job run` refuses a
+                    # store that does not exist, so the first burst would test nothing.
+                    url = f"file:{store_dir}" if self.backend == "file" else f"sqlite:{store_dir}/jobs.db"
+                    fresh = open_store(url)
+                    fresh.gate()
+                    fresh.close()
         except Exception as e:  # noqa: BLE001 - fall back to a fresh app
             self.result.notes.append(f"could not reuse {app.name}: {e}")
             return False
