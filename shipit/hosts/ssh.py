@@ -249,9 +249,12 @@ class SSHHost(Host):
         start = time.monotonic()
         try:
             raw = conn.run(command, **run_kwargs(stdin, timeout, writer))
-            result = CommandResult(
-                self.name, command, raw.exited, raw.stdout, raw.stderr, time.monotonic() - start
-            )
+            elapsed = time.monotonic() - start
+            if timeout is not None and raw.exited == -1 and elapsed >= timeout and conn.is_connected:
+                # Invoke's timer closed the channel, but our quick wait() returned while the timer
+                # thread was still inside kill(), so Invoke did not call it a timeout.
+                raise CommandTimedOut(raw, timeout=timeout)
+            result = CommandResult(self.name, command, raw.exited, raw.stdout, raw.stderr, elapsed)
         except CommandTimedOut as exc:
             result = timed_out_result(self.name, command, exc, time.monotonic() - start)
         except (paramiko.SSHException, OSError, EOFError) as exc:
