@@ -572,3 +572,22 @@ def ensure_private_dir(path: str) -> None:
     st = os.stat(path)
     if st.st_mode & 0o077 and st.st_uid == os.getuid():
         os.chmod(path, 0o700)
+
+
+class LocalWaiting:
+    """Waiting entries for the stores on this machine's disk (file, SQLite): a WaitingRoom in
+    `self.waiting`, whose lock is held for as long as the waiting process lives."""
+
+    waiting: WaitingRoom
+
+    def enter_waiting(self, spec: ClaimSpec, lease: Lease) -> Run:
+        return self.waiting.enter(spec, lease)
+
+    def refresh_waiting(self, run_id: str) -> None:
+        """Nothing to refresh: the entry's lock is held for as long as this process lives."""
+
+    def leave_waiting(self, run_id: str) -> None:
+        self.waiting.leave(run_id)
+
+    def list_waiting(self, host: str | None = None) -> list[Run]:
+        return self.waiting.list(host)

@@ -104,7 +104,7 @@ def _write_new(path: str, data: bytes) -> bool:
     return True
 
 
-class FileStore(Store):
+class FileStore(c.LocalWaiting, Store):
     kind = "file"
     central = False
 
@@ -525,18 +525,6 @@ class FileStore(Store):
             if by is not None:
                 out[run_id] = by
         return out
-
-    def enter_waiting(self, spec: ClaimSpec, lease: Lease) -> Run:
-        return self.waiting.enter(spec, lease)
-
-    def refresh_waiting(self, run_id: str) -> None:
-        """Nothing to refresh: the entry's lock is held for as long as this process lives."""
-
-    def leave_waiting(self, run_id: str) -> None:
-        self.waiting.leave(run_id)
-
-    def list_waiting(self, host: str | None = None) -> list[Run]:
-        return self.waiting.list(host)
 
     def claim_restart(self, run_id: str, epoch: int) -> bool:
         path = self._claim_path(run_id)

@@ -88,7 +88,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 _COLS = ", ".join(c.RUN_FIELDS)
 
 
-class SQLiteStore(Store):
+class SQLiteStore(c.LocalWaiting, Store):
     kind = "sqlite"
     central = False
 
@@ -461,18 +461,6 @@ class SQLiteStore(Store):
             )
             out.update((str(r[0]), str(r[1])) for r in rows)
         return out
-
-    def enter_waiting(self, spec: ClaimSpec, lease: Lease) -> Run:
-        return self.waiting.enter(spec, lease)
-
-    def refresh_waiting(self, run_id: str) -> None:
-        """Nothing to refresh: the entry's lock is held for as long as this process lives."""
-
-    def leave_waiting(self, run_id: str) -> None:
-        self.waiting.leave(run_id)
-
-    def list_waiting(self, host: str | None = None) -> list[Run]:
-        return self.waiting.list(host)
 
     def claim_restart(self, run_id: str, epoch: int) -> bool:
         with self._tx() as db:

@@ -273,7 +273,6 @@ def test_unreachable_store_fails_closed(tmp_path: Path) -> None:
 
 
 def test_unreachable_postgres_fails_closed(tmp_path: Path) -> None:
-    pytest.importorskip("shipit.gate.postgres", reason="postgres store not written yet")
     marker = tmp_path / "ran"
     dsn = "postgresql://shipit:s3cret@127.0.0.1:1/shipit?connect_timeout=2"
     proc = subprocess.run(
