@@ -51,7 +51,12 @@ def test_long_task_at_drain_is_terminated_and_sent_again_once_after_resume(
     assert adapter.requeue(ctx, stopped) == []
     assert adapter_for(queue_redis, "celery").requeue(ctx, stopped) == []
     conn = redis.Redis.from_url(queue_redis)
-    assert conn.llen("work") == 1  # one copy, waiting: the worker consumes nothing while paused
+    # A BRPOP the worker issued before its consumer was cancelled can still take the copy;
+    # kombu then pushes it back ("Requeuing undeliverable message ... No consumers"). So the
+    # copy may be away for up to one BRPOP timeout (1 s) before it waits in the queue for good.
+    wait_for(lambda: conn.llen("work") == 1, 10, "the copy to wait in the queue")
+    time.sleep(1.5)
+    assert conn.llen("work") == 1  # one copy, still waiting: the paused worker runs nothing
     assert markers.starts("long") == 1
 
     adapter.resume(ctx)
