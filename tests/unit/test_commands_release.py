@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import subprocess
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -123,19 +126,41 @@ def test_facts_read_only_form_tells_whether_a_missing_deploy_to_can_be_created(t
     assert _absent(existing, tmp_path) == (False, None, None)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0500 directory anyway")
+def _unprivileged_sh(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`sh -c script` as an ordinary user: as root (CI), the shell runs as nobody through
+    setpriv, since root writes into a 0500 directory anyway and the probe would see no problem."""
+    if os.geteuid() != 0:
+        return sh(script, cwd)
+    who = pwd.getpwnam("nobody")
+    return subprocess.run(["setpriv", f"--reuid={who.pw_uid}", f"--regid={who.pw_gid}", "--clear-groups",
+                           "sh", "-c", script], capture_output=True, text=True, cwd=cwd, check=False)
+
+
 def test_facts_read_only_form_reports_an_unwritable_parent_and_deploy_to(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    (locked / "app").mkdir(parents=True)
-    locked.chmod(0o500)
-    (locked / "app").chmod(0o500)
+    # pytest's tmp_path is private to root; the tree lives where nobody can reach it, and is
+    # nobody's own, so the 0500 modes are what stops the writes.
+    base = Path(tempfile.mkdtemp(prefix="shipit-facts-"))
     try:
-        assert _absent(locked / "new", tmp_path) == (True, 1, "unwritable")
-        facts = parse_facts(sh(facts_command(str(locked / "app"), create=False), tmp_path).stdout)
+        base.chmod(0o755)
+        locked = base / "locked"
+        (locked / "app").mkdir(parents=True)
+        if os.geteuid() == 0:
+            who = pwd.getpwnam("nobody")
+            for path in (locked, locked / "app"):
+                os.chown(path, who.pw_uid, who.pw_gid)
+        locked.chmod(0o500)
+        (locked / "app").chmod(0o500)
+        probe = parse_facts(_unprivileged_sh(facts_command(str(locked / "new"), create=False), base).stdout)
+        assert probe["complete_output"]
+        assert (probe["absent"], probe["parent_up"], probe["parent_state"]) == (True, 1, "unwritable")
+        facts = parse_facts(_unprivileged_sh(facts_command(str(locked / "app"), create=False), base).stdout)
         assert facts["problems"] == [("unwritable", None)]
+        assert not (locked / "new").exists()
     finally:
-        (locked / "app").chmod(0o700)
-        locked.chmod(0o700)
+        for path in (base / "locked", base / "locked" / "app"):
+            if path.exists():
+                path.chmod(0o700)
+        shutil.rmtree(base)
 
 
 def test_facts_reports_layout_and_problems(tmp_path: Path) -> None:
