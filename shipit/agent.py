@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from shipit.errors import CorruptState, ShipitError, UsageError
+from shipit.errors import CorruptState, RequesterGone, ShipitError, UsageError
 from shipit.gate.base import (
     ACTIVE_STATES,
     ALL_STATES,
@@ -32,14 +32,11 @@ from shipit.gate.base import (
 
 TYPE_CHECKING = False  # typing costs ~3 ms to import; annotations are strings (PEP 563)
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import IO, Any
 
 OPS = ("drain", "renew", "restart", "reconcile", "close", "open", "status", "list", "show", "forget",
        "audit")
-
-
-class RequesterGone(Exception):
-    """stdout is gone: whoever asked for this op (the deploy) has disappeared."""
 
 
 class Out:
@@ -197,24 +194,50 @@ def op_drain(store: Store, opts: dict[str, Any], out: Out) -> dict[str, Any]:
     if opts.get("reconcile", True):
         _reconcile_first(store, opts, out)
     ttl = float(opts.get("ttl", 60.0))
-    result = drain(
-        store,
-        holder=str(opts.get("holder") or "shipit"),
-        deploy_id=str(opts.get("deploy_id") or ""),
-        reason=str(opts.get("reason") or "deploy"),
-        ttl=ttl,
-        timeout=float(opts.get("timeout", 300.0)),
-        policy=str(opts.get("policy") or "terminate"),
-        grace=float(opts.get("grace", 10.0)),
-        host=None,
-        emit=_host_emit(out, host),
-        renew_every=opts.get("renew_every"),
-        max_wait=float(opts.get("max_wait", 3600.0)),
-        lock_wait=float(opts.get("lock_wait", 0.0)),
-        force=bool(opts.get("force", False)),
-        keepalive=lambda: out.line({"event": "tick"}),
-    )
+    with _sigterm_as_requester_gone():
+        try:
+            result = drain(
+                store,
+                holder=str(opts.get("holder") or "shipit"),
+                deploy_id=str(opts.get("deploy_id") or ""),
+                reason=str(opts.get("reason") or "deploy"),
+                ttl=ttl,
+                timeout=float(opts.get("timeout", 300.0)),
+                policy=str(opts.get("policy") or "terminate"),
+                grace=float(opts.get("grace", 10.0)),
+                host=None,
+                emit=_host_emit(out, host),
+                renew_every=opts.get("renew_every"),
+                max_wait=float(opts.get("max_wait", 3600.0)),
+                lock_wait=float(opts.get("lock_wait", 0.0)),
+                force=bool(opts.get("force", False)),
+                keepalive=lambda: out.line({"event": "tick"}),
+            )
+        except RequesterGone:
+            # A cancelled deploy (its SSH channel closed, or SIGTERM to a local agent): drain()
+            # has handed the gate back; restart what it stopped, since no deploy will.
+            _reconcile(store, opts, lambda *_a, **_k: None)
+            raise
     return result.to_dict()
+
+
+@contextlib.contextmanager
+def _sigterm_as_requester_gone() -> Iterator[None]:
+    """A local host's agent gets SIGTERM when its deploy is interrupted: treat it as the deploy
+    being gone (hand the gate back), not as a reason to die holding it."""
+    import signal
+
+    def gone(_signum: int, _frame: object) -> None:
+        # Once: a second TERM must not cut the hand-back short. A no-op handler, not SIG_IGN,
+        # which the restarted supervisors spawned meanwhile would inherit.
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        raise RequesterGone()
+
+    previous = signal.signal(signal.SIGTERM, gone)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _host_emit(out: Out, host: str | None) -> Callable[..., None]:
@@ -230,6 +253,10 @@ def _host_emit(out: Out, host: str | None) -> Callable[..., None]:
 def _reconcile_first(store: Store, opts: dict[str, Any], out: Out) -> None:
     """Leftovers of a killed deploy are restarted before we close: if the gate is still held,
     close_gate reports that properly."""
+    _reconcile(store, opts, _host_emit(out, opts.get("host")))
+
+
+def _reconcile(store: Store, opts: dict[str, Any], emit: Callable[..., None]) -> None:
     from shipit.errors import GateHeld
     from shipit.jobs.reconcile import reconcile
 
@@ -237,7 +264,7 @@ def _reconcile_first(store: Store, opts: dict[str, Any], out: Out) -> None:
         reconcile(
             store, actor=str(opts.get("holder") or "shipit"), spawn=_spawner(opts),
             definitions=opts.get("definitions"), max_restarts=int(opts.get("max_restarts", 5)),
-            emit=_host_emit(out, opts.get("host")), **_grace(opts),
+            emit=emit, **_grace(opts),
         )
 
 

@@ -86,3 +86,8 @@ class CommandFailed(ShipitError):
         self.command = command
         self.returncode = exit_code
         self.output = output
+
+
+class RequesterGone(Exception):  # noqa: N818 - names the situation, like KeyboardInterrupt
+    """Whoever asked a host agent for an op (the deploy) has disappeared: its stdout is gone, or
+    the agent got SIGTERM. Not a ShipitError: there is nobody left to tell."""

@@ -71,6 +71,16 @@ class _Remote(WholeStdin, Remote):
         with contextlib.suppress(OSError):
             super().close_proc_stdin()
 
+    def send_interrupt(self, interrupt: KeyboardInterrupt) -> None:
+        """Ctrl-C / SIGTERM while a command runs: without a pty there is nothing to forward it
+        to, and Fabric re-raises; Invoke then joins the output threads, which end only when the
+        remote command does (a drain agent: up to its drain_timeout). Close the channel first:
+        the threads end now, and the remote side sees its requester gone."""
+        if not self.using_pty:
+            with contextlib.suppress(Exception):
+                self.channel.close()
+        super().send_interrupt(interrupt)
+
     def wait(self) -> None:
         """Return as soon as the exit status (or the channel's close) arrives: Invoke's own
         wait() sleeps input_sleep (10 ms) between polls, up to 10 ms lost on every command.

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from shipit.errors import DeployFailed, FencingError, GateHeld
+from shipit.errors import DeployFailed, FencingError, GateHeld, RequesterGone
 from shipit.gate.base import (
     ACTIVE_STATES,
     FINISHED,
@@ -39,6 +39,9 @@ POLICIES = ("wait", "abort", "terminate")
 STOP_MARGIN = 5.0
 # Upper bound of one wait: only a safety net, wakes are event-driven (wait_runs_change).
 MAX_SLICE = 1.0
+# How often a waiting drain checks that its requester is still there (`keepalive`): a cancelled
+# deploy's gate is handed back within about this long, not at the lease's TTL.
+PROBE_EVERY = 1.0
 
 
 @dataclass
@@ -48,6 +51,21 @@ class DrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"lease": self.lease.to_dict(), "recorded": [r.to_dict() for r in self.recorded]}
+
+
+class DrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM reached a drain running in the deploy process (central store): the lease
+    and the runs stopped so far ride along, so the deploy's recovery reopens the gate and restarts
+    them instead of leaving both to the lease's TTL and the next deploy."""
+
+    def __init__(self, lease: Lease, recorded: list[Run]) -> None:
+        super().__init__()
+        self.lease = lease
+        self.recorded = recorded
+
+
+def _quiet(*_args: object, **_kw: object) -> None:
+    return None
 
 
 class DrainAborted(DeployFailed):
@@ -164,6 +182,7 @@ class _Drainer:
         self.recorded: list[Run] = []
         self.stop_requested: set[str] = set()
         self.next_renew = time.monotonic() + renew_every
+        self.next_probe = time.monotonic() + PROBE_EVERY
 
     def _host(self, run: Run) -> str:
         return self.host or run.host
@@ -221,12 +240,19 @@ class _Drainer:
         for run in self.active.values():
             self.emit("job.running", host=self._host(run), run=run_info(run, now))
 
+    def probe(self) -> None:
+        """Raise RequesterGone (through `keepalive`) soon after the requester went away."""
+        if self.keepalive is not None and time.monotonic() >= self.next_probe:
+            self.keepalive()
+            self.next_probe = time.monotonic() + PROBE_EVERY
+
     def wait_until(self, deadline: float) -> None:
         """Wait for every active run to end, or until `deadline` (monotonic)."""
         while self.active:
             now = time.monotonic()
             if now >= deadline:
                 return
+            self.probe()
             self.maybe_renew()
             left = min(deadline, self.next_renew) - time.monotonic()
             if left > 0:
@@ -253,6 +279,24 @@ class _Drainer:
         except FencingError:
             # The lease was already lost to someone else; it is theirs to reopen.
             pass
+
+    def settle_stops(self, grace: float, margin: float) -> None:
+        """Wait for the runs already asked to stop (their jobs are saving checkpoints), not for
+        the others, which just go on: an interrupted drain hands back stopped runs only."""
+        deadline = time.monotonic() + self.stop_wait(grace) + margin
+        while time.monotonic() < deadline:
+            stopping = [i for i in self.active if i in self.stop_requested]
+            if not stopping:
+                return
+            self.maybe_renew()
+            self.store.wait_runs_change(stopping, MAX_SLICE)
+            self.refresh()
+
+    def stop_margin(self, margin: float) -> float:
+        # A central store judges death by heartbeat age: a supervisor that died silently only
+        # looks dead once its heartbeat is stale, so give the wait that long too.
+        stale = float(getattr(self.store, "heartbeat_stale", 0.0)) if self.store.central else 0.0
+        return max(margin, stale)
 
     def stop_wait(self, grace: float) -> float:
         """The grace to wait out: the deploy's, or longer for a run with its own `--grace`."""
@@ -291,7 +335,10 @@ def drain(
     stopped). `host` filters the runs (None: all runs in the store) and names events.
     `signal_local` (default: the store is per-host, so its supervisors run on this machine) sends
     SIGUSR1 to supervisors after a stop request. `keepalive` is called before each renewal and
-    raises when the requester is gone.
+    every PROBE_EVERY while waiting, and raises RequesterGone when the requester is gone: then
+    the stops already asked for are waited out, the gate is reopened and RequesterGone goes on
+    up (the caller restarts what was stopped). Ctrl-C / SIGTERM becomes DrainInterrupted, which
+    carries the lease and the runs stopped so far.
     """
     if policy not in POLICIES:
         raise DeployFailed(f"unknown drain_policy {policy!r} (use one of {', '.join(POLICIES)})")
@@ -312,8 +359,22 @@ def drain(
         signal_local=(not store.central) if signal_local is None else signal_local,
         keepalive=keepalive,
     )
-    return _drain(d, timeout=timeout, policy=policy, grace=grace, max_wait=max_wait,
-                  stop_margin=stop_margin)
+    try:
+        return _drain(d, timeout=timeout, policy=policy, grace=grace, max_wait=max_wait,
+                      stop_margin=stop_margin)
+    except RequesterGone:
+        # Nothing will switch under this lease now: hand the gate back at once, not at its TTL.
+        # Quietly (nobody reads the events); the caller restarts what was stopped.
+        d.keepalive, d.emit = None, _quiet
+        with contextlib.suppress(Exception):
+            d.settle_stops(grace, d.stop_margin(stop_margin))
+        with contextlib.suppress(Exception):
+            d.reopen()
+        raise
+    except KeyboardInterrupt as exc:
+        with contextlib.suppress(Exception):
+            d.settle_stops(grace, d.stop_margin(stop_margin))
+        raise DrainInterrupted(d.lease, d.recorded) from exc
 
 
 def _drain(d: _Drainer, *, timeout: float, policy: str, grace: float, max_wait: float,
@@ -338,11 +399,8 @@ def _drain(d: _Drainer, *, timeout: float, policy: str, grace: float, max_wait: 
             d.lease, d.recorded,
         )
     d.request_stops(grace)
-    # A central store judges death by heartbeat age: a supervisor that died silently only looks
-    # dead once its heartbeat is stale, so give the wait that long too.
-    stale = float(getattr(d.store, "heartbeat_stale", 0.0)) if d.store.central else 0.0
     wait = d.stop_wait(grace)
-    d.wait_until(time.monotonic() + wait + max(stop_margin, stale))
+    d.wait_until(time.monotonic() + wait + d.stop_margin(stop_margin))
     if d.active:
         # Their death is not confirmed, so they are not recorded; the deploy must not switch under
         # them. They keep their stop request: a later drain finds them again.

@@ -158,7 +158,7 @@ def _undo_partial(ctx: DeployContext, exc: FanOutError[dict[str, Any]]) -> None:
 
 
 def _drain_central(ctx: DeployContext, lock_wait: float) -> None:
-    from shipit.jobs.drain import DrainAborted, drain
+    from shipit.jobs.drain import DrainAborted, DrainInterrupted, drain
 
     jobs = ctx.stage.jobs
     store = open_central(ctx)
@@ -175,6 +175,12 @@ def _drain_central(ctx: DeployContext, lock_wait: float) -> None:
             if exc.recorded:
                 ctx.jobs.leases["*"] = exc.lease.to_dict()
                 ctx.jobs.recorded.extend(r.to_dict() for r in exc.recorded)
+            raise
+        except DrainInterrupted as exc:
+            # Ctrl-C / SIGTERM mid-drain: recovery reopens this lease and restarts what was
+            # stopped so far, instead of both waiting for the TTL and the next deploy.
+            ctx.jobs.leases["*"] = exc.lease.to_dict()
+            ctx.jobs.recorded.extend(r.to_dict() for r in exc.recorded)
             raise
         ctx.jobs.leases["*"] = result.lease.to_dict()
         ctx.jobs.recorded.extend(r.to_dict() for r in result.recorded)

@@ -20,6 +20,9 @@ from tests.jobs.deploy_kit import (
     items,
     kill_group,
     kill_jobs,
+    sigterm_deploy,
+    slow_stopping_job,
+    start_job,
     wait_for,
 )
 
@@ -68,7 +71,9 @@ def test_a_lock_over_ssh_stops_the_next_deploy_with_exit_3(project):
     assert project.shipit("deploy", "s").returncode == 0
 
 
-def test_killing_the_deploy_over_ssh_lets_the_lease_expire_then_reconcile(project):
+def test_killing_the_deploy_over_ssh_hands_the_gate_back_and_restarts_once(project):
+    """SIGKILL mid-drain: the host agent loses its reader, waits out the stop it asked for,
+    reopens the gate and restarts the stopped run itself; later reconciles find nothing to do."""
     proc, out = project.start_stateful(total=100000)
     store = project.store()
     deploy = None
@@ -82,8 +87,7 @@ def test_killing_the_deploy_over_ssh_lets_the_lease_expire_then_reconcile(projec
         os.kill(deploy.pid, signal.SIGKILL)
         deploy.wait(timeout=10)
         wait_for(lambda: store.get_run(stopped.id).state == CHECKPOINTED, what="the checkpoint")
-        # The agent on the host loses its reader, stops renewing; the 3 s lease runs out.
-        wait_for(lambda: not store.gate().is_closed(time.time()), timeout=60, what="the lease to expire")
+        wait_for(lambda: not store.gate().is_closed(time.time()), timeout=60, what="the gate to reopen")
         assert project.shipit("jobs", "reconcile", "s").returncode == 0
         assert project.shipit("jobs", "reconcile", "s").returncode == 0
         new = wait_for(lambda: continuation(store, stopped.id), what="the restarted run")
@@ -113,4 +117,66 @@ def test_a_host_lost_before_the_drain_reopens_the_hosts_that_closed(tmp_path, ss
         assert lease.epoch >= 1  # the local host did close...
         assert not lease.is_closed(time.time())  # ...and was reopened
     finally:
+        store.close()
+
+
+def test_sigterm_while_the_host_agent_waits_for_a_job_reopens_the_gate_at_once(tmp_path, ssh_hosts3):
+    """A cancelled CI job during the drain: the deploy never learnt the host's lease (its agent
+    was still waiting), so only the agent can hand the gate back. It must not stay closed for
+    the lease's TTL (60 s here): cron jobs would queue at the gate for a minute."""
+    host = ssh_hosts3[0]
+    project = Project(tmp_path, store="file", hosts=[host.name], ssh=ssh_section([host]),
+                      lease_ttl=60, drain_timeout=60)
+    project.shipit("deploy", "s", check=True)
+    proc, out = project.start_stateful(total=100000)
+    store = project.store()
+    try:
+        wait_for(lambda: out.exists() and len(items(out)) >= 3, what="the job to make progress")
+        sigterm_deploy(project, lambda: store.gate().is_closed(time.time()))
+        wait_for(lambda: not store.gate().is_closed(time.time()), timeout=15,
+                 what="the gate to reopen (well before its 60 s TTL)")
+        # Nothing was stopped: the job ran through, and was not restarted.
+        [run] = store.list_runs()
+        assert run.state == "running" and store.is_alive(run) and run.stop_requested_at is None
+        n = len(items(out))
+        wait_for(lambda: len(items(out)) > n, what="the job to go on")
+        # A cron job starting now is admitted at once, not queued at the gate.
+        late = start_job(project.url, "late", ["true"], host=project.host)
+        assert late.wait(timeout=15) == 0
+        assert [r.state for r in store.list_runs() if r.job == "late"] == ["finished"]
+    finally:
+        kill_group(proc)
+        kill_jobs(project)
+        store.close()
+
+
+def test_sigterm_after_the_agent_stopped_a_job_reopens_and_restarts_it_once(tmp_path, ssh_hosts3):
+    """The agent had already asked the job to stop when the deploy was cancelled: it reopens
+    the gate and restarts the stopped run itself, on the live release, exactly once."""
+    host = ssh_hosts3[0]
+    project = Project(tmp_path, store="file", hosts=[host.name], ssh=ssh_section([host]),
+                      lease_ttl=60, drain_timeout=0.5, grace=10)
+    project.shipit("deploy", "s", check=True)
+    live = project.current()
+    # It saves its checkpoint 2 s after SIGTERM: the deploy is cancelled while the agent waits.
+    proc, out = slow_stopping_job(project)
+    store = project.store()
+    try:
+        wait_for(lambda: out.exists() and len(items(out)) >= 3, what="the job to make progress")
+        said = sigterm_deploy(
+            project, lambda: any(r.stop_requested_at for r in store.list_runs()))
+        wait_for(lambda: not store.gate().is_closed(time.time()), timeout=20,
+                 what="the gate to reopen (well before its 60 s TTL)")
+        [old] = [r for r in store.list_runs() if r.attempt == 1]
+        assert old.state == CHECKPOINTED, said
+        new = wait_for(lambda: continuation(store, old.id), what="the restarted run")
+        wait_for(lambda: any(a == 2 for _, a, _ in items(out)), what="the restart to work")
+        rows = items(out)
+        assert [n for n, _, _ in rows] == list(range(1, len(rows) + 1))  # resumed, nothing lost
+        assert {rel for _, a, rel in rows if a == 2} == {live}
+        time.sleep(1)
+        assert [r.id for r in store.list_runs() if r.continues == old.id] == [new.id]
+    finally:
+        kill_group(proc)
+        kill_jobs(project)
         store.close()

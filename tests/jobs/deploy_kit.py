@@ -197,3 +197,29 @@ def kill_jobs(project: Project) -> None:
                     os.kill(r.pid, signal.SIGKILL)
     finally:
         s.close()
+
+
+def sigterm_deploy(project: Project, ready: Callable[[], object]) -> str:
+    """Start `shipit deploy s`, SIGTERM it (a cancelled CI job) once `ready()` holds; asserts it
+    exits 130 and returns what it said."""
+    deploy = project.popen("deploy", "s")
+    try:
+        wait_for(ready, what="the deploy to reach the moment")
+        deploy.send_signal(signal.SIGTERM)
+        out, err = deploy.communicate(timeout=60)
+        assert deploy.returncode == 130, out + err
+        return out + err
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+
+
+def slow_stopping_job(project: Project) -> tuple[subprocess.Popen[bytes], Path]:
+    """The stateful job, but it takes 2 s to save its checkpoint after SIGTERM (call after a
+    deploy: it runs from `current`)."""
+    (project.deploy_to / "current" / "slow_stop.py").write_text(
+        STATEFUL_JOB.replace("if stop:\n", "if stop:\n        time.sleep(2)\n"))
+    out = project.data / "items.txt"
+    cmd = [sys.executable, "slow_stop.py", "100000", str(out), "0.02"]
+    return start_job(project.url, "crunch", cmd, host=project.host, env=project.env,
+                     cwd=str(project.deploy_to / "current"), grace=10), out

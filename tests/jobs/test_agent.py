@@ -73,7 +73,10 @@ def test_readonly_status_does_not_create_a_store(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
-def test_a_vanished_deploy_stops_the_renewals_and_the_lease_expires(tmp_path):
+def test_a_vanished_deploy_gets_its_gate_handed_back_at_once_not_at_the_ttl(tmp_path):
+    """The deploy died while its agent waited for a job (SIGKILL, a cancelled CI runner): no
+    switch can follow that lease, so the agent reopens the gate as soon as it notices (its next
+    keepalive, about a second) instead of leaving jobs queued for the TTL (60 s here)."""
     store, url = _store(tmp_path)
     job = start_job(url, "forever", ["sleep", "120"])
     try:
@@ -83,7 +86,7 @@ def test_a_vanished_deploy_stops_the_renewals_and_the_lease_expires(tmp_path):
             stderr=subprocess.PIPE, text=True,
         )
         assert proc.stdin and proc.stdout
-        proc.stdin.write(json.dumps({"store": url, "deploy_id": "gone", "ttl": 3, "timeout": 600,
+        proc.stdin.write(json.dumps({"store": url, "deploy_id": "gone", "ttl": 60, "timeout": 600,
                                      "policy": "wait"}) + "\n")
         proc.stdin.close()
         first = json.loads(proc.stdout.readline())
@@ -91,9 +94,11 @@ def test_a_vanished_deploy_stops_the_renewals_and_the_lease_expires(tmp_path):
             first = json.loads(proc.stdout.readline())
         assert first["event"] == "gate.closed"
         proc.stdout.close()  # the deploy is gone: nobody reads the agent any more
-        assert proc.wait(timeout=60) == 1
-        assert store.gate().is_closed(time.time())  # not reopened: nobody said the deploy was over
-        wait_for(lambda: not store.gate().is_closed(time.time()), timeout=60, what="expiry")
+        assert proc.wait(timeout=30) == 1
+        assert not store.gate().is_closed(time.time()), store.gate()
+        [opened] = [a for a in store.audit_log(limit=10) if a.action == "reopen"]
+        assert opened.epoch == store.gate().epoch
+        # The job was never asked to stop; it goes on.
         assert store.get_run(running_run(store, "forever").id).stop_requested_at is None
     finally:
         kill_group(job)
