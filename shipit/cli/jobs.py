@@ -125,6 +125,8 @@ class Stage:
 
 
 def _echo_event(event: Any) -> None:
+    if event.data.get("by_hand"):
+        return  # the command said it already
     if event.kind in ("job.restarted", "job.restart_respawned", "job.given_up",
                       "job.restart_failed", "gate.reopened"):
         where = f"[{event.host}] " if event.host else ""
@@ -549,12 +551,16 @@ def jobs_forget(stage: str, run: str, reason: str) -> None:
             if res.get("changed"):
                 click.echo(f"{where}run {found['id']} ({found['job']}) given up: it will not be "
                            "restarted; its saved state stays in the store, unread")
+                # Announced like a run a deploy gives up: someone may be waiting for that job.
+                st.bus.emit("job.given_up", host=found.get("host") if target == "*" else target,
+                            phase="cli", run={"run_id": found["id"], "job": found["job"]},
+                            message=f"by {st.ctx.actor}: {reason}", by_hand=True)
             else:
                 click.echo(f"{where}run {found['id']} ({found['job']}) was given up already")
             return
         raise UsageError(f"no run {run!r} on stage {stage}")
 
-    _with_stage(stage, go)
+    _with_stage(stage, go, notify="forget")
 
 
 @jobs.command("reconcile")

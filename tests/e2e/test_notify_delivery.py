@@ -568,3 +568,30 @@ def test_jobs_reconcile_announces_the_job_it_restarts(hook: Hook, tmp_path: Any)
         store.close()
         kill_group(proc)
         kill_jobs(project)
+
+
+def test_jobs_forget_announces_the_run_it_gives_up(hook: Hook, tmp_path: Any) -> None:
+    from shipit.gate.base import CHECKPOINTED, GIVEN_UP, ClaimSpec, Run
+
+    project = _stage_with_notify(tmp_path, [{"webhook": hook.url("/forget")}])
+    store = project.store()
+    try:
+        run = store.claim(ClaimSpec(job="report", host="local", command=("true",)))
+        assert isinstance(run, Run)
+        store.finish(run.id, CHECKPOINTED, 0)
+        res = project.shipit("jobs", "forget", "s", run.id, "-m", "its key is lost",
+                             env={"SHIPIT_ACTOR": "ann@box"})
+        assert res.returncode == 0, res.stderr
+        assert f"run {run.id} (report) given up" in res.stdout
+        assert "job.given_up" not in res.stderr  # said once, not echoed again
+        assert store.get_run(run.id).state == GIVEN_UP
+    finally:
+        store.close()
+    [given_up] = (r.json for r in hook.wait_for("/forget", 1))
+    assert (given_up["event"], given_up["mode"], given_up["host"]) == ("job.given_up", "forget", "local")
+    assert given_up["severity"] == "warning"
+    assert given_up["text"] == "Job report on local given up: by ann@box: its key is lost"
+    # Already given up: nothing changes, nobody is told again (a command flushes before exit).
+    again = project.shipit("jobs", "forget", "s", run.id, "-m", "again")
+    assert again.returncode == 0 and "was given up already" in again.stdout
+    assert len(hook.at("/forget")) == 1
