@@ -205,6 +205,13 @@ def _jobs_rows(res: Results) -> list[Row]:
         rows.append([f"killed deploy → gate admits a job again (lease ttl {ttl:g} s, renewed every "
                      f"{ttl / 3:g} s; median)", *[_s(v) for v in reopen],
                      f"≤ ttl ({ttl:g} s)" + _mark(None if not known else all(v <= ttl + 0.5 for v in known))])
+        gone_ttl = _get(dr, "gone_ttl_s")
+        back = [_get(dr, "backends", b, "handback_median_s") for b in BACKENDS]
+        known = [v for v in back if v is not None]
+        if gone_ttl and known:
+            rows.append([f"deploy gone mid-drain, its host agent alive → gate admits a job again "
+                         f"(lease ttl {gone_ttl:g} s; median)", *[_s(v) for v in back],
+                         "≈ 1 s, not the ttl" + _mark(all(v <= 2.0 for v in known))])
     if mem:
         base = _get(mem, "baseline", "rss_mb")
 

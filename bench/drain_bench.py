@@ -9,6 +9,9 @@ Per backend:
   timestamp just before it exits (so it includes the supervisor recording the outcome).
 - killed deploy: `shipit agent drain` holds the gate (ttl 3 s, renewing every 1 s) for a job
   that never ends; it is SIGKILLed and we measure until a job's claim succeeds again.
+- gone deploy: the same agent with ttl 60 s, but the deploy goes (its reader closes, as when a
+  cancelled or killed deploy's SSH channel closes) and the agent lives: it hands the gate back
+  itself; we measure from the close until a job's claim succeeds.
 Then remote commands per host for a whole redeploy with no job running (local host, sqlite).
 The backends take turns run after run (load from elsewhere falls on all of them alike).
 Without --pg-dsn a throwaway PostgreSQL cluster is started (tests/harness/postgres.py); without
@@ -36,6 +39,7 @@ from shipit.gate.url import open_store
 from shipit.jobs.drain import drain
 
 KILL_TTL = 3.0
+GONE_TTL = 60.0
 
 
 def _env(url: str) -> dict[str, str]:
@@ -106,6 +110,36 @@ def killed_once(url: str, store: Any, i: int) -> float:
         job.wait()
 
 
+def gone_once(url: str, store: Any, i: int) -> float:
+    spec = ClaimSpec(job="probe", host="bench", command=("true",))
+    job = _job(url, f"longer{i}", ["sleep", "300"])
+    _wait_running(store, f"longer{i}")
+    opts = {"store": url, "dsn": url if url.startswith("postgres") else None,
+            "deploy_id": f"g{i}", "ttl": GONE_TTL, "timeout": 600, "policy": "wait",
+            "reconcile": False}
+    agent = subprocess.Popen([*SHIPIT, "agent", "drain"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert agent.stdin and agent.stdout
+    agent.stdin.write(json.dumps(opts) + "\n")
+    agent.stdin.close()
+    while json.loads(agent.stdout.readline()).get("event") != "gate.closed":
+        pass
+    time.sleep(0.5)
+    agent.stdout.close()
+    gone = time.time()
+    try:
+        while True:
+            claimed = store.claim(spec)
+            if isinstance(claimed, Run):
+                store.finish(claimed.id, "finished", 0)
+                return time.time() - gone
+            store.wait_gate_change(0.05)
+    finally:
+        agent.wait(timeout=60)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+
+
 def remote_commands_per_redeploy(tmp: Path) -> dict[str, int]:
     """host.command events (uploads excluded) of a second deploy with no job running."""
     from shipit.config.loader import load_config
@@ -147,6 +181,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="shipit-drain-bench-"))
     wake: dict[str, list[float]] = {}
     reopen: dict[str, list[float]] = {}
+    handback: dict[str, list[float]] = {}
     try:
         with contextlib.ExitStack() as stack:
             new_db = None
@@ -164,17 +199,19 @@ def main() -> None:
                 stack.callback(s[1].close)
             wake = {k: [] for k in urls}
             reopen = {k: [] for k in urls}
+            handback = {k: [] for k in urls}
             for i in range(runs):
                 for kind, (u_wake, _) in urls.items():
                     wake[kind].append(wakeup_once(u_wake, stores[kind][0], i, tmp))
             for i in range(kill_runs):
                 for kind, (_, u_kill) in urls.items():
                     reopen[kind].append(killed_once(u_kill, stores[kind][1], i))
+                    handback[kind].append(gone_once(u_kill, stores[kind][1], i))
         commands = remote_commands_per_redeploy(tmp / "deploy")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    figures: dict[str, Any] = {"backends": {}, "kill_ttl_s": KILL_TTL,
+    figures: dict[str, Any] = {"backends": {}, "kill_ttl_s": KILL_TTL, "gone_ttl_s": GONE_TTL,
                                "local_redeploy_commands_per_host": commands}
     print(f"\nshipit drain benchmark ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
     head = (f"{'backend':<9} {'wake-up median':>15} {'p90':>9} {'max':>9}   "
@@ -186,11 +223,14 @@ def main() -> None:
         figures["backends"][kind] = {
             "wake_median_ms": median(w) * 1000, "wake_p90_ms": pct(w, 90) * 1000,
             "wake_max_ms": max(w) * 1000, "reopen_median_s": median(reopen[kind]),
-            "reopen_s": reopen[kind],
+            "reopen_s": reopen[kind], "handback_median_s": median(handback[kind]),
+            "handback_s": handback[kind],
         }
         print(f"{kind:<9} {median(w) * 1000:>12.1f} ms {pct(w, 90) * 1000:>6.1f} ms "
               f"{max(w) * 1000:>6.1f} ms   "
               f"{', '.join(f'{r:.2f}s' for r in reopen[kind]):>36}")
+    print(f"deploy gone mid-drain -> claim ok (ttl {GONE_TTL:g}s, the agent hands the gate back): "
+          + "; ".join(f"{k} {', '.join(f'{r:.2f}s' for r in v)}" for k, v in handback.items()))
     print("(wake-up: the last job writes a timestamp and exits -> drain() returns; "
           f"{runs} runs each)")
     print("remote commands per host for a redeploy with no job running:",

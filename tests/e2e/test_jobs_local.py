@@ -64,7 +64,9 @@ def test_deploy_stops_a_stateful_job_and_resumes_it_once_on_the_new_release(proj
         kill_jobs(project)
 
 
-def test_a_deploy_killed_mid_drain_leaves_a_gate_that_expires_and_reconcile_restarts_once(project):
+def test_a_deploy_killed_mid_drain_gets_its_gate_handed_back_and_the_job_restarted_once(project):
+    """SIGKILL mid-drain: the local agent outlives its deploy, sees its reader gone, waits out the
+    stop it asked for, reopens and restarts the job; reconciles racing it never add a second."""
     proc, out = project.start_stateful(total=100000, delay=0.02)
     store = project.store()
     deploy = None
@@ -81,11 +83,8 @@ def test_a_deploy_killed_mid_drain_leaves_a_gate_that_expires_and_reconcile_rest
         )
         os.kill(deploy.pid, signal.SIGKILL)
         deploy.wait(timeout=10)
-        assert store.gate().is_closed(time.time())
         wait_for(lambda: store.get_run(stopped.id).state == CHECKPOINTED, what="the checkpoint")
-        # Nobody renews any more: the gate counts as open once the TTL (3s) runs out.
-        wait_for(lambda: not store.gate().is_closed(time.time()), timeout=60, what="the lease to expire")
-        assert continuation(store, stopped.id) is None
+        wait_for(lambda: not store.gate().is_closed(time.time()), timeout=60, what="the gate to reopen")
         racers = [project.popen("jobs", "reconcile", "s") for _ in range(3)]
         for r in racers:
             r.wait(timeout=60)
