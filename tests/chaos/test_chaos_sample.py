@@ -78,6 +78,39 @@ def test_the_checkers_catch_lost_work_and_a_missing_restart(tmp_path: Path) -> N
     assert invariants.ledgers(stores, tmp_path) == []
 
 
+def test_the_clock_check_tells_a_skew_fault_from_a_step_of_the_real_clock(tmp_path: Path) -> None:
+    """Seeds 92 and 94 of the full run: every job on every host "ran 1.14 s off" because this
+    machine's wall clock stepped mid-trial. Lines on time against the trial's start are on time;
+    a host meant to be 3 s off whose jobs ran on the real clock is still caught."""
+    import time
+
+    store_dir = tmp_path / "store"
+    ledger = tmp_path / "j1.txt"
+    _run(store_dir, "j1", ledger, 1, None, FINISHED, None)
+    stores = lambda: [("h", open_store(f"file:{store_dir}"))]  # noqa: E731
+    start = time.time() - time.monotonic() - 1.14  # the clock stepped +1.14 s since the start
+    mono = time.monotonic() - 5
+    ledger.write_text("".join(f"{i} 1 r1 {mono + i * 0.1 + start:.3f} {mono + i * 0.1:.3f}\n"
+                              for i in (1, 2, 3, 4)))
+    stepped = invariants.ledgers(stores, tmp_path, skew={"h": 0.0})
+    assert stepped and "ran -1.14s off" in stepped[0]
+    assert invariants.ledgers(stores, tmp_path, skew={"h": 0.0}, bases=(start,)) == []
+    missed = invariants.ledgers(stores, tmp_path, skew={"h": 3.0}, bases=(start,))
+    assert len(missed) == 1 and "its host's clock is +3s off: the fault was not in effect" in missed[0]
+
+
+def test_a_sigkill_landing_after_the_release_began_excuses_a_mixed_stage() -> None:
+    """Seed 133: the SIGKILL aimed at the drain landed in the switch (the event reader lagged);
+    what the deploy said before it died decides, not the moment aimed at."""
+    from tests.chaos.trial import _released_unfinished
+
+    drained = [{"kind": "phase.started", "phase": "drain_jobs"}, {"kind": "job.stop_requested"}]
+    assert not _released_unfinished(drained)
+    released = [*drained, {"kind": "phase.started", "phase": "release"}]
+    assert _released_unfinished(released)
+    assert not _released_unfinished([*released, {"kind": "deploy.finished"}])
+
+
 def test_the_checkers_catch_a_gate_closed_for_a_deploy_already_gone(tmp_path: Path) -> None:
     import time
 

@@ -37,6 +37,12 @@ TTL = 3.0
 SHIPIT = [sys.executable, "-m", "shipit"]
 HOOK_POINTS = ("after_drain_jobs", "after_release", "before_restart_jobs")
 # Moments of a deploy, as seen in its --json event stream: (kind, phase or None).
+def _released_unfinished(events: list[dict[str, Any]]) -> bool:
+    """The deploy had started its release and never said it finished."""
+    kinds = {(e.get("kind"), e.get("phase")) for e in events}
+    return ("phase.started", "release") in kinds and not any(k == "deploy.finished" for k, _ in kinds)
+
+
 MOMENTS = {
     "close": ("gate.closed", None),
     "drain": ("job.stop_requested", None),
@@ -114,6 +120,7 @@ class Deploy:
     ended_at: float = 0.0
     started_at: float = 0.0  # time.monotonic()
     gone_at: float = 0.0  # time.time() when it was SIGKILLed, or its stdout ended
+    killed_mono: float = 0.0  # time.monotonic() when the signal was sent
 
 
 class Trial:
@@ -138,6 +145,10 @@ class Trial:
         # deploy that started after it succeeds.
         self.dirty = False
         self.dirty_at = 0.0
+        self.finished: list[Deploy] = []  # in the order they were waited for
+        # This machine's wall clock minus its monotonic clock at the start: the skew check
+        # compares job lines with it too, in case the wall clock steps during the trial.
+        self.clock_base = time.time() - time.monotonic()
         self.threads: list[threading.Thread] = []
         self.job_procs: list[subprocess.Popen[bytes]] = []
         self.n_jobs = 0
@@ -435,6 +446,7 @@ class Trial:
                 with contextlib.suppress(ProcessLookupError):
                     d.proc.send_signal(d.kill[1])
                     d.killed_with, d.killed_at_moment = d.kill[1], moment
+                    d.killed_mono = time.monotonic()
                     if d.kill[1] == signal.SIGKILL:
                         d.gone_at = time.time()
                     name = "deploy_sigkill" if d.kill[1] == signal.SIGKILL else "deploy_sigterm"
@@ -446,6 +458,11 @@ class Trial:
                     self.triggers[i] = (index, "", action)
                     action()
         d.gone_at = d.gone_at or time.time()
+        if d.killed_with == signal.SIGKILL and _released_unfinished(d.events):
+            # Everything it said before it died is read now. The signal is aimed at a moment but
+            # lands later when this reader lags (seed 133: aimed at the drain, it landed in the
+            # switch): if the deploy had begun its release, hosts may differ whatever the aim.
+            self._mark_dirty(since=d.killed_mono)
 
     def wait_deploy(self, d: Deploy) -> None:
         assert d.proc is not None
@@ -461,14 +478,21 @@ class Trial:
         hook = f", hook {d.fail_hook} fails" if d.fail_hook else ""
         self.result.notes.append(f"deploy {d.index}: exit {d.exit_code}{killed}{hook}, "
                                  f"outcome {summary.get('outcome')}: {summary.get('error')}")
+        self.finished.append(d)
         if d.exit_code == 0 and d.started_at > self.dirty_at:
             # Only a deploy that started after the fault switched every host after it: one that
             # started earlier (it overlapped the faulty one) may have switched before it (seed 75).
             self.dirty = False
 
-    def _mark_dirty(self) -> None:
+    def _mark_dirty(self, since: float | None = None) -> None:
+        """Hosts may differ from `since` (time.monotonic(); default now) until a deploy that
+        started after it succeeds. Marked late (after the killed deploy's last event was read),
+        it stays clear if such a deploy has succeeded already."""
+        since = time.monotonic() if since is None else since
         with self.lock:
-            self.dirty, self.dirty_at = True, time.monotonic()
+            if any(d.exit_code == 0 and d.started_at > since for d in self.finished):
+                return
+            self.dirty, self.dirty_at = True, max(self.dirty_at, since)
 
     # -- the trial ------------------------------------------------------------------------------
     def run(self) -> TrialResult:
@@ -566,8 +590,11 @@ class Trial:
             self.observe()
             v += invariants.no_run_in_closed_gate(self.stores, TTL)
             v += invariants.no_close_after_exit(self.stores, self.exits(deploys), offsets=self.clock_offsets())
+            step = (time.time() - time.monotonic()) - self.clock_base
+            if abs(step) > invariants.SKEW_TOL:
+                self.result.notes.append(f"this machine's wall clock stepped {step:+.2f}s during the trial")
             v += invariants.ledgers(self.stores, self.tdir / "ledgers", skew=self.run_skew(),
-                                    seen=self.result.observed)
+                                    seen=self.result.observed, bases=(self.clock_base,))
         return healthy
 
     @staticmethod
