@@ -81,41 +81,13 @@ def wakeup_once(url: str, store: Any, i: int, tmp: Path) -> float:
     return returned - float(stamp.read_text())
 
 
-def killed_once(url: str, store: Any, i: int) -> float:
-    spec = ClaimSpec(job="probe", host="bench", command=("true",))
-    job = _job(url, f"forever{i}", ["sleep", "300"])
-    _wait_running(store, f"forever{i}")
+def _holding_agent(url: str, store: Any, i: int, deploy_id: str, ttl: float
+                   ) -> tuple[subprocess.Popen[bytes], subprocess.Popen[str]]:
+    """A job that never ends, and `shipit agent drain` (policy wait) holding the gate for it."""
+    job = _job(url, f"{deploy_id}-forever{i}", ["sleep", "300"])
+    _wait_running(store, f"{deploy_id}-forever{i}")
     opts = {"store": url, "dsn": url if url.startswith("postgres") else None,
-            "deploy_id": f"k{i}", "ttl": KILL_TTL, "timeout": 600, "policy": "wait",
-            "reconcile": False}
-    agent = subprocess.Popen([*SHIPIT, "agent", "drain"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    assert agent.stdin and agent.stdout
-    agent.stdin.write(json.dumps(opts) + "\n")
-    agent.stdin.close()
-    agent.stdout.readline()  # gate.closed
-    time.sleep(1.5)  # let it renew at least once
-    agent.send_signal(signal.SIGKILL)
-    killed = time.time()
-    agent.wait()
-    try:
-        while True:
-            claimed = store.claim(spec)
-            if isinstance(claimed, Run):
-                store.finish(claimed.id, "finished", 0)
-                return time.time() - killed
-            store.wait_gate_change(0.05)
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
-
-
-def gone_once(url: str, store: Any, i: int) -> float:
-    spec = ClaimSpec(job="probe", host="bench", command=("true",))
-    job = _job(url, f"longer{i}", ["sleep", "300"])
-    _wait_running(store, f"longer{i}")
-    opts = {"store": url, "dsn": url if url.startswith("postgres") else None,
-            "deploy_id": f"g{i}", "ttl": GONE_TTL, "timeout": 600, "policy": "wait",
+            "deploy_id": f"{deploy_id}{i}", "ttl": ttl, "timeout": 600, "policy": "wait",
             "reconcile": False}
     agent = subprocess.Popen([*SHIPIT, "agent", "drain"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
@@ -124,16 +96,40 @@ def gone_once(url: str, store: Any, i: int) -> float:
     agent.stdin.close()
     while json.loads(agent.stdout.readline()).get("event") != "gate.closed":
         pass
+    return job, agent
+
+
+def _seconds_until_a_claim(store: Any, since: float) -> float:
+    spec = ClaimSpec(job="probe", host="bench", command=("true",))
+    while True:
+        claimed = store.claim(spec)
+        if isinstance(claimed, Run):
+            store.finish(claimed.id, "finished", 0)
+            return time.time() - since
+        store.wait_gate_change(0.05)
+
+
+def killed_once(url: str, store: Any, i: int) -> float:
+    job, agent = _holding_agent(url, store, i, "k", KILL_TTL)
+    time.sleep(1.5)  # let it renew at least once
+    agent.send_signal(signal.SIGKILL)
+    killed = time.time()
+    agent.wait()
+    try:
+        return _seconds_until_a_claim(store, killed)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+
+
+def gone_once(url: str, store: Any, i: int) -> float:
+    job, agent = _holding_agent(url, store, i, "g", GONE_TTL)
     time.sleep(0.5)
-    agent.stdout.close()
+    assert agent.stdout is not None
+    agent.stdout.close()  # the deploy is gone; the agent lives on
     gone = time.time()
     try:
-        while True:
-            claimed = store.claim(spec)
-            if isinstance(claimed, Run):
-                store.finish(claimed.id, "finished", 0)
-                return time.time() - gone
-            store.wait_gate_change(0.05)
+        return _seconds_until_a_claim(store, gone)
     finally:
         agent.wait(timeout=60)
         os.killpg(job.pid, signal.SIGKILL)

@@ -21,8 +21,7 @@ from tests.jobs.deploy_kit import (
     items,
     kill_group,
     kill_jobs,
-    sigterm_deploy,
-    slow_stopping_job,
+    sigterm_after_the_stop_request,
     start_job,
     wait_for,
 )
@@ -352,24 +351,4 @@ def test_sigterm_mid_drain_on_a_local_host_hands_the_gate_back_and_restarts_the_
     """The local agent gets SIGTERM with its interrupted deploy (its process group is ended):
     it must not die holding the gate for the TTL (60 s) with the job it stopped left down."""
     project = Project(tmp_path, lease_ttl=60, drain_timeout=0.5, grace=10)
-    project.shipit("deploy", "s", check=True)
-    live = project.current()
-    proc, out = slow_stopping_job(project)
-    store = project.store()
-    try:
-        wait_for(lambda: out.exists() and len(items(out)) >= 3, what="the job to make progress")
-        said = sigterm_deploy(project, lambda: any(r.stop_requested_at for r in store.list_runs()))
-        wait_for(lambda: not store.gate().is_closed(time.time()), timeout=20,
-                 what="the gate to reopen (well before its 60 s TTL)")
-        [old] = [r for r in store.list_runs() if r.attempt == 1]
-        assert old.state == "checkpointed", said
-        new = wait_for(lambda: continuation(store, old.id), what="the restarted run")
-        wait_for(lambda: any(a == 2 for _, a, _ in items(out)), what="the restart to work")
-        rows = items(out)
-        assert [n for n, _, _ in rows] == list(range(1, len(rows) + 1))
-        assert {rel for _, a, rel in rows if a == 2} == {live}
-        assert [r.id for r in store.list_runs() if r.continues == old.id] == [new.id]
-    finally:
-        store.close()
-        kill_group(proc)
-        kill_jobs(project)
+    sigterm_after_the_stop_request(project, reopened_within=20)

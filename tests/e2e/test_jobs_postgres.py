@@ -21,8 +21,8 @@ from tests.jobs.deploy_kit import (
     kill_group,
     kill_jobs,
     running_run,
-    sigterm_deploy,
-    slow_stopping_job,
+    sigterm_after_the_stop_request,
+    sigterm_while_the_drain_waits,
     start_job,
     wait_for,
 )
@@ -110,19 +110,7 @@ def test_sigterm_while_the_deploy_waits_for_a_job_reopens_the_gate_before_exitin
     reopens it; the gate does not stay closed for its TTL (60 s here)."""
     project = Project(tmp_path, store="postgres", env={"SHIPIT_DSN": pg_dsn},
                       lease_ttl=60, drain_timeout=60)
-    project.shipit("deploy", "s", check=True)
-    proc, out = project.start_stateful(total=100000)
-    store = project.store()
-    try:
-        wait_for(lambda: out.exists() and len(items(out)) >= 3, what="the job to make progress")
-        said = sigterm_deploy(project, lambda: store.gate().is_closed(time.time()))
-        assert not store.gate().is_closed(time.time()), said
-        [run] = store.list_runs()
-        assert run.state == "running" and run.stop_requested_at is None
-    finally:
-        kill_group(proc)
-        kill_jobs(project)
-        store.close()
+    sigterm_while_the_drain_waits(project, reopened_within=None)
 
 
 def test_sigterm_after_the_stop_request_restarts_the_stopped_job_once(tmp_path, pg_dsn):
@@ -130,26 +118,7 @@ def test_sigterm_after_the_stop_request_restarts_the_stopped_job_once(tmp_path, 
     grace), reopens, restarts the run on the live release once, then exits 130."""
     project = Project(tmp_path, store="postgres", env={"SHIPIT_DSN": pg_dsn},
                       lease_ttl=60, drain_timeout=0.5, grace=10)
-    project.shipit("deploy", "s", check=True)
-    live = project.current()
-    proc, out = slow_stopping_job(project)
-    store = project.store()
-    try:
-        wait_for(lambda: out.exists() and len(items(out)) >= 3, what="the job to make progress")
-        said = sigterm_deploy(project, lambda: any(r.stop_requested_at for r in store.list_runs()))
-        assert not store.gate().is_closed(time.time()), said
-        [old] = [r for r in store.list_runs() if r.attempt == 1]
-        assert old.state == CHECKPOINTED, said
-        new = wait_for(lambda: continuation(store, old.id), what="the restarted run")
-        wait_for(lambda: any(a == 2 for _, a, _ in items(out)), what="the restart to work")
-        rows = items(out)
-        assert [n for n, _, _ in rows] == list(range(1, len(rows) + 1))
-        assert {rel for _, a, rel in rows if a == 2} == {live}
-        assert [r.id for r in store.list_runs() if r.continues == old.id] == [new.id]
-    finally:
-        kill_group(proc)
-        kill_jobs(project)
-        store.close()
+    sigterm_after_the_stop_request(project, reopened_within=None)
 
 
 def test_lock_and_status_against_the_central_store(project):

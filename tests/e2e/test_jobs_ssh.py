@@ -20,9 +20,8 @@ from tests.jobs.deploy_kit import (
     items,
     kill_group,
     kill_jobs,
-    sigterm_deploy,
-    slow_stopping_job,
-    start_job,
+    sigterm_after_the_stop_request,
+    sigterm_while_the_drain_waits,
     wait_for,
 )
 
@@ -127,56 +126,14 @@ def test_sigterm_while_the_host_agent_waits_for_a_job_reopens_the_gate_at_once(t
     host = ssh_hosts3[0]
     project = Project(tmp_path, store="file", hosts=[host.name], ssh=ssh_section([host]),
                       lease_ttl=60, drain_timeout=60)
-    project.shipit("deploy", "s", check=True)
-    proc, out = project.start_stateful(total=100000)
-    store = project.store()
-    try:
-        wait_for(lambda: out.exists() and len(items(out)) >= 3, what="the job to make progress")
-        sigterm_deploy(project, lambda: store.gate().is_closed(time.time()))
-        wait_for(lambda: not store.gate().is_closed(time.time()), timeout=15,
-                 what="the gate to reopen (well before its 60 s TTL)")
-        # Nothing was stopped: the job ran through, and was not restarted.
-        [run] = store.list_runs()
-        assert run.state == "running" and store.is_alive(run) and run.stop_requested_at is None
-        n = len(items(out))
-        wait_for(lambda: len(items(out)) > n, what="the job to go on")
-        # A cron job starting now is admitted at once, not queued at the gate.
-        late = start_job(project.url, "late", ["true"], host=project.host)
-        assert late.wait(timeout=15) == 0
-        assert [r.state for r in store.list_runs() if r.job == "late"] == ["finished"]
-    finally:
-        kill_group(proc)
-        kill_jobs(project)
-        store.close()
+    sigterm_while_the_drain_waits(project, reopened_within=15)
 
 
 def test_sigterm_after_the_agent_stopped_a_job_reopens_and_restarts_it_once(tmp_path, ssh_hosts3):
-    """The agent had already asked the job to stop when the deploy was cancelled: it reopens
-    the gate and restarts the stopped run itself, on the live release, exactly once."""
+    """The agent had already asked the job to stop when the deploy was cancelled (the job takes
+    2 s to save its checkpoint): it reopens the gate and restarts the stopped run itself, on the
+    live release, exactly once."""
     host = ssh_hosts3[0]
     project = Project(tmp_path, store="file", hosts=[host.name], ssh=ssh_section([host]),
                       lease_ttl=60, drain_timeout=0.5, grace=10)
-    project.shipit("deploy", "s", check=True)
-    live = project.current()
-    # It saves its checkpoint 2 s after SIGTERM: the deploy is cancelled while the agent waits.
-    proc, out = slow_stopping_job(project)
-    store = project.store()
-    try:
-        wait_for(lambda: out.exists() and len(items(out)) >= 3, what="the job to make progress")
-        said = sigterm_deploy(
-            project, lambda: any(r.stop_requested_at for r in store.list_runs()))
-        wait_for(lambda: not store.gate().is_closed(time.time()), timeout=20,
-                 what="the gate to reopen (well before its 60 s TTL)")
-        [old] = [r for r in store.list_runs() if r.attempt == 1]
-        assert old.state == CHECKPOINTED, said
-        new = wait_for(lambda: continuation(store, old.id), what="the restarted run")
-        wait_for(lambda: any(a == 2 for _, a, _ in items(out)), what="the restart to work")
-        rows = items(out)
-        assert [n for n, _, _ in rows] == list(range(1, len(rows) + 1))  # resumed, nothing lost
-        assert {rel for _, a, rel in rows if a == 2} == {live}
-        time.sleep(1)
-        assert [r.id for r in store.list_runs() if r.continues == old.id] == [new.id]
-    finally:
-        kill_group(proc)
-        kill_jobs(project)
-        store.close()
+    sigterm_after_the_stop_request(project, reopened_within=20)

@@ -145,6 +145,7 @@ class Project:
         if ssh:
             cfg["ssh"] = ssh
         self.host = (hosts or ["local"])[0]
+        self.lease_ttl = float(cfg["jobs"]["lease_ttl"])  # type: ignore[index]
         (root / "shipit.yaml").write_text(yaml.safe_dump(cfg))
         self.url = {"sqlite": f"sqlite:{self.deploy_to}/shared/shipit/jobs.db",
                     "file": f"file:{self.deploy_to}/shared/shipit"}.get(store, "postgres")
@@ -223,3 +224,64 @@ def slow_stopping_job(project: Project) -> tuple[subprocess.Popen[bytes], Path]:
     cmd = [sys.executable, "slow_stop.py", "100000", str(out), "0.02"]
     return start_job(project.url, "crunch", cmd, host=project.host, env=project.env,
                      cwd=str(project.deploy_to / "current"), grace=10), out
+
+
+def sigterm_after_the_stop_request(project: Project, *, reopened_within: float | None) -> None:
+    """A job slow to save its checkpoint is asked to stop by a deploy that is then cancelled
+    (SIGTERM, exit 130). The gate must reopen (within `reopened_within` seconds; None: by the
+    time the deploy has exited) and the run resume from its checkpoint on the live release,
+    exactly once."""
+    from shipit.gate.base import CHECKPOINTED
+
+    project.shipit("deploy", "s", check=True)
+    live = project.current()
+    proc, out = slow_stopping_job(project)
+    store = project.store()
+    try:
+        wait_for(lambda: out.exists() and len(items(out)) >= 3, what="the job to make progress")
+        said = sigterm_deploy(project, lambda: any(r.stop_requested_at for r in store.list_runs()))
+        if reopened_within is None:
+            assert not store.gate().is_closed(time.time()), said
+        else:
+            wait_for(lambda: not store.gate().is_closed(time.time()), timeout=reopened_within,
+                     what=f"the gate to reopen (well before its {project.lease_ttl:g} s TTL)")
+        [old] = [r for r in store.list_runs() if r.attempt == 1]
+        assert old.state == CHECKPOINTED, said
+        new = wait_for(lambda: continuation(store, old.id), what="the restarted run")
+        wait_for(lambda: any(a == 2 for _, a, _ in items(out)), what="the restart to work")
+        rows = items(out)
+        assert [n for n, _, _ in rows] == list(range(1, len(rows) + 1))  # resumed, nothing lost
+        assert {rel for _, a, rel in rows if a == 2} == {live}
+        assert [r.id for r in store.list_runs() if r.continues == old.id] == [new.id]
+    finally:
+        kill_group(proc)
+        kill_jobs(project)
+        store.close()
+
+
+def sigterm_while_the_drain_waits(project: Project, *, reopened_within: float | None) -> None:
+    """A deploy cancelled (SIGTERM, exit 130) while its drain waits for a running job: the gate
+    reopens (within `reopened_within` seconds; None: by the time the deploy has exited), the job
+    was never asked to stop and goes on, and a job starting now is admitted at once."""
+    project.shipit("deploy", "s", check=True)
+    proc, out = project.start_stateful(total=100000)
+    store = project.store()
+    try:
+        wait_for(lambda: out.exists() and len(items(out)) >= 3, what="the job to make progress")
+        said = sigterm_deploy(project, lambda: store.gate().is_closed(time.time()))
+        if reopened_within is None:
+            assert not store.gate().is_closed(time.time()), said
+        else:
+            wait_for(lambda: not store.gate().is_closed(time.time()), timeout=reopened_within,
+                     what=f"the gate to reopen (well before its {project.lease_ttl:g} s TTL)")
+        [run] = store.list_runs()
+        assert run.state == "running" and store.is_alive(run) and run.stop_requested_at is None
+        n = len(items(out))
+        wait_for(lambda: len(items(out)) > n, what="the job to go on")
+        late = start_job(project.url, "late", ["true"], host=project.host, env=project.env)
+        assert late.wait(timeout=15) == 0
+        assert [r.state for r in store.list_runs() if r.job == "late"] == ["finished"]
+    finally:
+        kill_group(proc)
+        kill_jobs(project)
+        store.close()

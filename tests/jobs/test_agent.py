@@ -10,7 +10,7 @@ from pathlib import Path
 
 from shipit.gate.base import CHECKPOINTED, FINISHED, ClaimSpec, Run
 from shipit.gate.sqlite import SQLiteStore
-from tests.jobs.deploy_kit import SHIPIT, agent, kill_group, running_run, start_job, wait_for
+from tests.jobs.deploy_kit import SHIPIT, agent, kill_group, running_run, start_job
 
 
 def _store(tmp_path: Path) -> tuple[SQLiteStore, str]:
