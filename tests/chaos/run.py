@@ -182,11 +182,17 @@ def summary_table(lines: list[dict[str, Any]]) -> str:
     assert isinstance(observed, dict)
     if observed:
         out.append("| observed in the stores | " + ", ".join(f"{k} {v}" for k, v in observed.items()) + " |")
+    steps = sum(1 for r in results if any("wall clock stepped" in n for n in r.notes))
+    if steps:
+        out.append(f"| trials in which this machine's own wall clock stepped | {steps} |")
     failed = [r for r in results if r.violations]
     out.append(f"| violations | {s['violations']} in {len(failed)} trial(s) |")
     commits = Counter(str(d.get("commit", "?")) for d in lines)
     if commits:
-        out.append("| code | " + ", ".join(f"{c} ({n} trials)" for c, n in commits.most_common()) + " |")
+        failing = Counter(str(d.get("commit", "?")) for d in lines if d.get("violations"))
+        out.append("| code | " + ", ".join(
+            f"{c} ({n} trials, {failing[c]} failing)" if len(commits) > 1 else f"{c} ({n} trials)"
+            for c, n in commits.most_common()) + " |")
     errors = [r for r in results if r.error]
     if errors:
         out.append(f"| harness errors (not shipit's) | {len(errors)}: seeds {', '.join(str(r.seed) for r in errors)} |")
