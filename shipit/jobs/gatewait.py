@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from shipit.errors import GateWaitTimeout
+from shipit.errors import GateWaitTimeout, StoreUnavailable
 from shipit.gate.base import ClaimSpec, Lease, Run, Store
 
 # Never sleep longer than this between claims even if the backend promises to wake us. The
@@ -23,6 +23,8 @@ _MAX_SLICE = 2.0
 _EXPIRY_MARGIN = 0.05
 _MIN_SLICE = 0.05
 _SKEWED_SLICE = 0.5
+# Between tries while the store is unreachable (riding out an outage, see claim_when_open).
+_OUTAGE_SLICE = 1.0
 
 
 def _utc(ts: float) -> str:
@@ -47,8 +49,14 @@ def claim_when_open(
     max_wait: float,
     on_closed: Callable[[Lease], None] | None = None,
     keepalive: Callable[[], None] | None = None,
+    ride_out: float = 0.0,
+    on_outage: Callable[[StoreUnavailable], None] | None = None,
 ) -> Run:
     """Claim a run, waiting at most `max_wait` seconds for a closed gate to reopen or expire.
+
+    `ride_out`: for how long an unreachable store (a PostgreSQL restart, a failover) is tried
+    again instead of raising StoreUnavailable; 0 fails at once (a new job fails closed: exit 5).
+    Nothing is admitted meanwhile. `on_outage` is told once per outage.
 
     `on_closed` is called once per closing (per epoch), not on every wake-up, so a waiting job
     says why it waits exactly once. `keepalive` is called before every wait (at least every
@@ -65,9 +73,28 @@ def claim_when_open(
     announced: int | None = None
     waiting: Run | None = None
     claimed = False
+    outage_since: float | None = None
+
+    def outage(exc: StoreUnavailable) -> None:
+        """Raise it, or wait a moment before trying again (within `ride_out`)."""
+        nonlocal outage_since
+        now = time.monotonic()
+        if outage_since is None:
+            outage_since = now
+            if on_outage is not None and ride_out > 0:
+                on_outage(exc)
+        if now - outage_since >= ride_out or now >= deadline:
+            raise exc
+        time.sleep(min(_OUTAGE_SLICE, max(0.0, deadline - now)))
+
     try:
         while True:
-            result = store.claim(replace(spec, run_id=waiting.id) if waiting else spec)
+            try:
+                result = store.claim(replace(spec, run_id=waiting.id) if waiting else spec)
+            except StoreUnavailable as exc:
+                outage(exc)
+                continue
+            outage_since = None
             if isinstance(result, Run):
                 claimed = True
                 return result
@@ -84,7 +111,11 @@ def claim_when_open(
                     f"job {spec.job} gave up after waiting {max_wait:g}s at the closed gate"
                     f" ({describe_lease(lease)})"
                 )
-            again = store.gate()
+            try:
+                again = store.gate()
+            except StoreUnavailable as exc:
+                outage(exc)
+                continue
             if again.state != "closed" or again.epoch != lease.epoch:
                 # Reopened (or taken over) while we were announcing: claim again at once. Only a
                 # change the store made counts: judging expiry by our clock would spin when it is
@@ -100,7 +131,10 @@ def claim_when_open(
                 # Expired by our clock, live by the store's: the clocks disagree. Don't re-claim
                 # every few milliseconds; a reopen still wakes us through wait_gate_change.
                 until_expiry = _SKEWED_SLICE
-            store.wait_gate_change(max(_MIN_SLICE, min(remaining, until_expiry, _MAX_SLICE)))
+            try:
+                store.wait_gate_change(max(_MIN_SLICE, min(remaining, until_expiry, _MAX_SLICE)))
+            except StoreUnavailable as exc:
+                outage(exc)
     finally:
         if waiting is not None and not claimed:
             with contextlib.suppress(Exception):

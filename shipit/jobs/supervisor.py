@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 DEFAULT_MAX_WAIT = 3600.0
 DEFAULT_GRACE = 10.0
 DEFAULT_HEARTBEAT = 1.0
+# How long a restart spawned by a deploy (`--continues`) keeps trying an unreachable store while
+# it waits at the gate (a PostgreSQL restart or failover), rather than exiting 5.
+RESTART_RIDE_OUT = 60.0
 
 # Signals sent to the supervisor that it passes on to the job's process group.
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -379,6 +382,13 @@ class Supervisor:
             run = claim_when_open(
                 store, spec, max_wait=self.opts.max_wait, on_closed=self._announce_wait(spec.job),
                 keepalive=self._hold_keepalive(store, continues),
+                # A restart a deploy spawned holds its restart claim: given up in an outage, that
+                # hold could not be released either and would look alive until it went stale,
+                # so no reconcile would restart the job meanwhile. Nobody waits on its exit code:
+                # ride the outage out instead. A new job still fails closed at once.
+                ride_out=RESTART_RIDE_OUT if continues else 0.0,
+                on_outage=lambda exc: self.say(f"warning: {exc}; trying again for up to "
+                                               f"{RESTART_RIDE_OUT:g}s"),
             )
             done = True
             return plan, run

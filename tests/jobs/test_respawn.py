@@ -9,6 +9,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +255,34 @@ def test_a_deploy_whose_restart_dies_before_claiming_is_restarted_once_by_reconc
         store.close()
         kill_group(proc)
         kill_jobs(project)
+
+
+def test_a_restart_waiting_at_the_gate_rides_out_a_postgresql_restart(
+    pg_cluster: Any, pg_dsn: str, tmp_path: Path
+) -> None:
+    """Chaos seed 591: a deploy's restart waited at the closed gate, holding its restart claim,
+    when PostgreSQL restarted. It exited 5 and could not release the hold, which then looked
+    alive for the 30 s heartbeat staleness: the next reconcile and deploy restarted nothing, and
+    the job stayed down. Now the waiting restart keeps trying, and runs once the gate opens."""
+    job_store = JobStore("postgres", "postgres", {"SHIPIT_DSN": pg_dsn})
+    out = tmp_path / "out.txt"
+    with job_store.open() as store:
+        old, epoch = stopped_run(store, out)
+        assert store.claim_restart(old.id, epoch)
+        waiter = start(job_store.url, [], "--continues", old.id, env=job_env(job_store.env))
+        try:
+            assert "waiting" in read_line(waiter.stderr)
+            wait_for(lambda: held(store, old.id), timeout=30, what="the hold")
+            pg_cluster.restart()
+            time.sleep(1.5)  # the waiter meets the outage (its next claim comes within 2 s)
+            assert waiter.poll() is None, waiter.stderr.read()
+            store.open_gate(epoch, actor="alice@ci")
+            _, err = waiter.communicate(timeout=60)
+            assert waiter.returncode == 0, err
+            assert "cannot reach the job store" in err and "trying again" in err
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+        [new] = successors(store, old.id)
+        assert new.state == FINISHED
+    assert out.read_text() == 'attempt=2 state={"next": 7}\n'
