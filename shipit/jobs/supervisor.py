@@ -46,6 +46,8 @@ DEFAULT_HEARTBEAT = 1.0
 # How long a restart spawned by a deploy (`--continues`) keeps trying an unreachable store while
 # it waits at the gate (a PostgreSQL restart or failover), rather than exiting 5.
 RESTART_RIDE_OUT = 60.0
+# How long a supervisor keeps trying to record its run's end in an outage before it gives up.
+FINISH_RIDE_OUT = 30.0
 
 # Signals sent to the supervisor that it passes on to the job's process group.
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -523,10 +525,27 @@ class Supervisor:
     def _finish(
         self, store: Store, run_id: str, state: str, code: int | None, message: str | None
     ) -> None:
-        try:
-            store.finish(run_id, state, exit_code=code, message=message)
-        except Exception as exc:  # noqa: BLE001 - the deploy will find the run dead and mark it
-            self.say(f"warning: could not record the end of run {run_id}: {exc}")
+        # An outage (a PostgreSQL restart) is ridden out: a run whose end is never recorded
+        # looks alive on PostgreSQL until its heartbeat is stale (30 s), and the next drain
+        # waits that long for it. finish() keeps the first final state, so a retry is safe.
+        deadline = time.monotonic() + FINISH_RIDE_OUT
+        warned = False
+        while True:
+            try:
+                store.finish(run_id, state, exit_code=code, message=message)
+                return
+            except StoreUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    self.say(f"warning: could not record the end of run {run_id}: {exc}")
+                    return
+                if not warned:
+                    warned = True
+                    self.say(f"warning: {exc}; trying again to record the end of run {run_id} "
+                             f"for up to {FINISH_RIDE_OUT:g}s")
+                time.sleep(1.0)
+            except Exception as exc:  # noqa: BLE001 - the deploy will find the run dead and mark it
+                self.say(f"warning: could not record the end of run {run_id}: {exc}")
+                return
 
 
 def _noop(signum: int, frame: object) -> None:

@@ -286,3 +286,33 @@ def test_a_restart_waiting_at_the_gate_rides_out_a_postgresql_restart(
         [new] = successors(store, old.id)
         assert new.state == FINISHED
     assert out.read_text() == 'attempt=2 state={"next": 7}\n'
+
+
+def test_a_job_that_ends_while_postgresql_is_down_has_its_end_recorded_once_it_is_back(
+    pg_cluster: Any, pg_dsn: str, tmp_path: Path
+) -> None:
+    """Seen in the chaos run: a job ended during a PostgreSQL restart, its supervisor could not
+    record the end and exited, and the run looked alive until its heartbeat went stale (30 s):
+    the next deploy's drain waited for it that long. Now the supervisor rides the outage out."""
+    job_store = JobStore("postgres", "postgres", {"SHIPIT_DSN": pg_dsn})
+    flag = tmp_path / "go"
+    proc = start(job_store.url, ["sh", "-c", f'while [ ! -e "{flag}" ]; do sleep 0.05; done'],
+                 env=job_env(job_store.env))
+    try:
+        with job_store.open() as store:
+            run = wait_for(lambda: next(iter(store.list_runs()), None), what="the run")
+        pg_cluster.stop()
+        try:
+            flag.write_text("")
+            time.sleep(2)  # the job has ended; its supervisor cannot reach the store
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        finally:
+            pg_cluster.start()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "trying again to record the end" in err
+        with job_store.open() as store:
+            assert store.get_run(run.id).state == FINISHED
+    finally:
+        if proc.poll() is None:
+            proc.kill()
