@@ -240,7 +240,10 @@ def _check_clocks(label: str, ledger: Path, chain: list[Run], skew: Mapping[str,
         off = min((line - b for b in (now, *bases)), key=lambda o: abs(o - want))
         if want and seen is not None:
             seen["skewed_job_items"] += 1
-        if abs(off - want) > SKEW_TOL and abs(off - want) > abs(worst.get(attempt, 0.0) - want):
+        # The worst line of each attempt; none yet is not "0 s off" (that is the line that
+        # matters most when the fault was meant but not in effect).
+        prev = worst.get(attempt)
+        if abs(off - want) > SKEW_TOL and (prev is None or abs(off - want) > abs(prev - want)):
             worst[attempt] = off
     return [f"(skew) {label}: {chain[0].job} attempt {a} on {by_attempt[a].host} ran {off:+.2f}s off, "
             f"its host's clock is {skew.get(by_attempt[a].host, 0.0):+g}s off: the fault was not in effect"
