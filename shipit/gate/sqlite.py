@@ -450,17 +450,19 @@ class SQLiteStore(c.LocalWaiting, Store):
     def wait_runs_change(self, run_ids: Iterable[str], timeout: float) -> None:
         self.locks.wait_any_free(run_ids, timeout)
 
-    def continuations(self, run_ids: Iterable[str]) -> dict[str, str]:
-        ids = list(run_ids)
-        out: dict[str, str] = {}
-        for i in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
+    def _read_in(self, sql: str, ids: Iterable[str]) -> list[sqlite3.Row]:
+        """Rows of `sql` (a SELECT whose `{in}` stands for `IN (...)`) for every id, in chunks:
+        SQLite caps the number of bound parameters."""
+        ids = list(ids)
+        rows: list[sqlite3.Row] = []
+        for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
-            rows = self._read(
-                f"SELECT continues, id FROM runs WHERE continues IN ({','.join('?' * len(chunk))})",
-                tuple(chunk),
-            )
-            out.update((str(r[0]), str(r[1])) for r in rows)
-        return out
+            rows += self._read(sql.format(**{"in": f"IN ({','.join('?' * len(chunk))})"}), tuple(chunk))
+        return rows
+
+    def continuations(self, run_ids: Iterable[str]) -> dict[str, str]:
+        rows = self._read_in("SELECT continues, id FROM runs WHERE continues {in}", run_ids)
+        return {str(r[0]): str(r[1]) for r in rows}
 
     def claim_restart(self, run_id: str, epoch: int) -> bool:
         with self._tx() as db:
@@ -484,18 +486,10 @@ class SQLiteStore(c.LocalWaiting, Store):
                             self.holds.is_held(run_id), int(row["respawns"]))
 
     def restart_claims(self, run_ids: Iterable[str]) -> dict[str, RestartClaim]:
-        ids = list(run_ids)
-        out: dict[str, RestartClaim] = {}
-        for i in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
-            chunk = ids[i : i + 500]
-            rows = self._read(
-                "SELECT run_id, epoch, ts, respawns FROM restarts "
-                f"WHERE run_id IN ({','.join('?' * len(chunk))})",
-                tuple(chunk),
-            )
-            now = time.time()
-            out.update((r["run_id"], self._claim_of(r, now)) for r in rows)
-        return out
+        rows = self._read_in("SELECT run_id, epoch, ts, respawns FROM restarts WHERE run_id {in}",
+                             run_ids)
+        now = time.time()
+        return {r["run_id"]: self._claim_of(r, now) for r in rows}
 
     def hold_restart(self, run_id: str) -> bool:
         _check_id(run_id)
